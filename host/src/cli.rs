@@ -1,0 +1,183 @@
+//! The `accord` command line: serve, migrate, check-config, keys.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{Scope, apikey};
+use crate::config::{Config, LogFormat};
+use crate::http::keys::parse_scopes;
+use crate::server;
+use crate::store::{self, now_ms};
+
+/// Exit code for a configuration that cannot be used.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "accord", version, about = "Accord: a self-hostable sync server for offline-first apps")]
+pub struct Cli {
+    /// Config file. Default: $ACCORD_CONFIG, else ./config.toml if present, else built-in defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (applies pending migrations first). Stops cleanly on SIGTERM or Ctrl-C.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Load and validate the configuration, print the result and exit (exit code 2 if invalid).
+    CheckConfig,
+    /// Manage API keys directly in the database (works while the server runs).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it alone on stdout. It is shown once and cannot be recovered.
+    Create(CreateArgs),
+    /// List a user's keys (never the keys themselves).
+    List {
+        /// The user whose keys to list.
+        #[arg(long)]
+        user: String,
+    },
+    /// Revoke a key by id; it stops working on the next request.
+    Revoke {
+        /// The key id (as shown by `keys list`).
+        id: String,
+    },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// The user the key acts as (created if new).
+    #[arg(long)]
+    user: String,
+    /// A name to recognise the key by.
+    #[arg(long)]
+    name: String,
+    /// A scope to grant (repeatable): sync:read, sync:write, keys:manage, admin.
+    /// Default: sync:read, sync:write and keys:manage.
+    #[arg(long = "scope", value_name = "S")]
+    scopes: Vec<String>,
+}
+
+/// Scopes of a CLI-created key when none are named: enough to sync and to manage one's keys over HTTP.
+const DEFAULT_CLI_SCOPES: [Scope; 3] = [Scope::SyncRead, Scope::SyncWrite, Scope::KeysManage];
+
+/// Parses arguments, loads configuration and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = Config::locate(cli.config.as_deref());
+    let config = match Config::load(file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            let source = file.map_or("built-in defaults and environment".to_string(), |f| f.display().to_string());
+            eprintln!("accord: invalid configuration ({source}):\n{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config);
+    if let Some(f) = &file {
+        tracing::debug!(file = %f.display(), "configuration loaded");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("accord: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config, file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("accord: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<(), String> {
+    match command {
+        Command::Serve => server::serve(config, server::shutdown_signal()).await.map_err(|e| e.to_string()),
+        Command::Migrate => {
+            let store = server::open_store(&config).await.map_err(|e| e.to_string())?;
+            println!("database {} is at schema version {}", store.path().display(), store::latest_version());
+            store.close().await;
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let source = file.map_or("built-in defaults".to_string(), |f| f.display().to_string());
+            println!("configuration OK ({source})");
+            println!("  server.bind = {}", config.server.bind);
+            println!("  database.path = {}", config.database.path.display());
+            Ok(())
+        }
+        Command::Keys(cmd) => keys(cmd, config).await,
+    }
+}
+
+async fn keys(cmd: KeysCommand, config: Config) -> Result<(), String> {
+    let store = server::open_store(&config).await.map_err(|e| e.to_string())?;
+    let result = keys_on(&store, cmd).await;
+    store.close().await;
+    result
+}
+
+async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
+    match cmd {
+        KeysCommand::Create(args) => {
+            let user = args.user.trim().to_string();
+            if user.is_empty() {
+                return Err("--user must not be empty".into());
+            }
+            let scopes =
+                if args.scopes.is_empty() { DEFAULT_CLI_SCOPES.to_vec() } else { parse_scopes(&args.scopes)? };
+            let (row, raw) = apikey::issue(store, &user, &args.name, &scopes).await.map_err(|e| e.to_string())?;
+            eprintln!("created key {} ({}) for user {} with scopes {}", row.id, row.prefix, row.user_id, row.scopes.join(" "));
+            eprintln!("store it now: it is shown only once");
+            println!("{raw}");
+            Ok(())
+        }
+        KeysCommand::List { user } => {
+            let rows = store.read(move |c| store::api_keys_of(c, &user)).await.map_err(|e| e.to_string())?;
+            println!("{:<18} {:<12} {:<20} {:<14} {:<14} {:<14} scopes", "id", "prefix", "name", "created", "last used", "revoked");
+            let ms = |t: Option<i64>| t.map_or("-".to_string(), |t| t.to_string());
+            for r in rows {
+                println!(
+                    "{:<18} {:<12} {:<20} {:<14} {:<14} {:<14} {}",
+                    r.id, r.prefix, r.name, r.created_at, ms(r.last_used_at), ms(r.revoked_at), r.scopes.join(" ")
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { id } => {
+            let row = store
+                .write(move |c| store::revoke_api_key(c, None, &id, now_ms()))
+                .await
+                .map_err(|e| match e {
+                    store::StoreError::NotFound => "no API key with this id".to_string(),
+                    other => other.to_string(),
+                })?;
+            println!("revoked key {} of user {}", row.id, row.user_id);
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,68 @@
+//! Extractors: the authenticated caller, and JSON bodies whose rejections are problems.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, AppState};
+use crate::auth::{self, AuthError, Principal, Scope};
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
+        let value = value.to_str().map_err(|_| AuthError::Malformed("Authorization header is not ASCII"))?;
+        let (scheme, token) =
+            value.split_once(' ').ok_or(AuthError::Malformed("expected `Authorization: Bearer <token>`"))?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Malformed("only the Bearer scheme is supported").into());
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing.into());
+        }
+        Ok(auth::authenticate(&state.store, &state.usage, token).await?)
+    }
+}
+
+impl Principal {
+    /// Refuses with `403` unless the caller holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.has(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!("this credential lacks the `{scope}` scope")))
+        }
+    }
+}
+
+/// `axum::Json`, with every rejection turned into a problem response:
+/// malformed JSON is `400`, well-formed JSON of the wrong shape `422`,
+/// a body over the limit `413`, a missing JSON content type `415`.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_problem(&rejection)),
+        }
+    }
+}
+
+fn json_problem(rejection: &JsonRejection) -> ApiError {
+    let text = rejection.body_text();
+    match rejection {
+        JsonRejection::JsonDataError(_) => ApiError::Unprocessable(text),
+        JsonRejection::JsonSyntaxError(_) => ApiError::BadRequest(text),
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(text),
+        _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("the request body is larger than server.max_body_bytes".into())
+        }
+        _ => ApiError::BadRequest(text),
+    }
+}

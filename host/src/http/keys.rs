@@ -1,0 +1,121 @@
+//! `/api/api-keys`: create, list and revoke the caller's API keys.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, AppState};
+use crate::auth::{Principal, Scope, apikey};
+use crate::store::{self, ApiKeyRow, now_ms};
+
+/// Longest accepted key name, in characters.
+const MAX_NAME: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    name: String,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+/// A key as clients see it: never the hash, never the key (except `key`, once, on creation).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    id: String,
+    name: String,
+    prefix: String,
+    scopes: Vec<String>,
+    created_at: i64,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl From<ApiKeyRow> for KeyView {
+    fn from(row: ApiKeyRow) -> Self {
+        KeyView {
+            id: row.id,
+            name: row.name,
+            prefix: row.prefix,
+            scopes: row.scopes,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            revoked_at: row.revoked_at,
+            key: None,
+        }
+    }
+}
+
+/// Scopes a new key gets when the request names none.
+pub const DEFAULT_HTTP_SCOPES: [Scope; 2] = [Scope::SyncRead, Scope::SyncWrite];
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Principal,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::KeysManage)?;
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        return Err(ApiError::Unprocessable(format!("`name` must be 1 to {MAX_NAME} characters")));
+    }
+    let scopes = match body.scopes {
+        None => DEFAULT_HTTP_SCOPES.to_vec(),
+        Some(names) => parse_scopes(&names).map_err(ApiError::Unprocessable)?,
+    };
+    if let Some(missing) = scopes.iter().find(|s| !caller.has(**s)) {
+        return Err(ApiError::Forbidden(format!("cannot grant `{missing}`: the calling credential does not hold it")));
+    }
+    let (row, raw) = apikey::issue(&state.store, &caller.user_id, &name, &scopes).await.map_err(|e| match e {
+        apikey::IssueError::Store(e) => ApiError::from(e),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    let mut view = KeyView::from(row);
+    view.key = Some(raw);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn list(State(state): State<AppState>, caller: Principal) -> Result<Json<Vec<KeyView>>, ApiError> {
+    caller.require(Scope::KeysManage)?;
+    let user = caller.user_id;
+    let rows = state.store.read(move |conn| store::api_keys_of(conn, &user)).await?;
+    Ok(Json(rows.into_iter().map(KeyView::from).collect()))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::KeysManage)?;
+    let user = caller.user_id;
+    let result = state.store.write(move |conn| store::revoke_api_key(conn, Some(&user), &id, now_ms())).await;
+    match result {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(store::StoreError::NotFound) => Err(ApiError::NotFound("no API key with this id".into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Parses scope names, rejecting unknown ones and removing duplicates.
+pub fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, String> {
+    let mut scopes = Vec::new();
+    for name in names {
+        let scope = Scope::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown scope `{name}`; known scopes are {}", known.join(", "))
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    if scopes.is_empty() {
+        return Err("`scopes` must name at least one scope".into());
+    }
+    Ok(scopes)
+}

@@ -1,0 +1,72 @@
+//! HTTP: routes, extractors and the mapping of errors to problem responses.
+//! Only this module knows HTTP; it calls into `auth` and `store`.
+
+mod extract;
+pub mod keys;
+mod ops;
+mod problem;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::{delete, get};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::UsageRecorder;
+use crate::config::Config;
+use crate::store::Store;
+
+pub use extract::ApiJson;
+pub use problem::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub usage: UsageRecorder,
+}
+
+/// The whole HTTP application, without a socket (tests can drive it in-process).
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.server.max_body_bytes;
+    let cors = cors_layer(&state.config.server.cors_origins);
+    let api = Router::new()
+        .route("/api/api-keys", get(keys::list).post(keys::create))
+        .route("/api/api-keys/{id}", delete(keys::revoke))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .with_state(state);
+    let mut app = api
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(ops::panic_response))
+        .layer(TraceLayer::new_for_http());
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    app
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::CONTENT_ENCODING])
+            .expose_headers(Any),
+    )
+}

@@ -1,0 +1,39 @@
+//! Operational endpoints: liveness, readiness, and the fallbacks for unknown routes.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{Method, Uri};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+
+/// The process is up and serving HTTP.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The database answers and every migration is applied.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    match state.store.is_ready().await {
+        Ok(true) => Ok(Json(json!({ "status": "ready", "database": "ok" }))),
+        Ok(false) => Err(ApiError::Unavailable("database migrations are not applied".into())),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::Unavailable("database is not reachable".into()))
+        }
+    }
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// Used by the panic catcher: a panic is a server bug, logged, never shown.
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ApiError::Internal("handler panicked".into()).into_response()
+}

@@ -1,0 +1,10 @@
+//! Accord: a self-hostable sync server for offline-first apps.
+//!
+//! See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod store;

@@ -1,0 +1,5 @@
+//! The `accord` binary.
+
+fn main() -> std::process::ExitCode {
+    accord::cli::main()
+}

@@ -1,0 +1,93 @@
+//! Starting and stopping the server: open the store, serve HTTP, shut down in order.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::auth::UsageRecorder;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the database (running migrations) off the async runtime.
+pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
+    let db = config.database.clone();
+    tokio::task::spawn_blocking(move || Store::open(&db)).await.map_err(|_| StoreError::Closed)?
+}
+
+/// Binds `server.bind` and serves until `shutdown` resolves.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let store = open_store(&config).await?;
+    let addr = config.server.bind;
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    serve_on(config, store, listener, shutdown).await
+}
+
+/// Serves on an already-bound listener: stops accepting when `shutdown`
+/// resolves, lets in-flight requests finish (up to `server.shutdown_grace_secs`),
+/// flushes key usage and closes the database.
+pub async fn serve_on(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let (usage, usage_task) = UsageRecorder::start(store.clone());
+    let state = AppState { config: Arc::new(config), store: store.clone(), usage };
+    let router = http::app(state);
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, db = %store.path().display(), "accord listening");
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = stopping_tx.send(());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    let server = tokio::spawn(async move { server.await });
+    // Once shutdown has begun, in-flight requests get `grace` to finish.
+    let outcome = tokio::select! {
+        joined = server => joined.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
+        () = async { if stopping_rx.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending().await } } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; closing anyway");
+            Ok(())
+        }
+    };
+    usage_task.finish().await;
+    store.close().await;
+    tracing::info!("database closed; bye");
+    outcome.map_err(ServeError::Io)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
