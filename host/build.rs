@@ -23,8 +23,12 @@ fn main() {
     }
     let mut out = String::from("pub(crate) const MIGRATIONS: &[Migration] = &[\n");
     for (version, name, path) in &found {
-        writeln!(out, "    Migration {{ version: {version}, name: {name:?}, sql: include_str!({:?}) }},", path.display().to_string())
-            .expect("write to String");
+        writeln!(
+            out,
+            "    Migration {{ version: {version}, name: {name:?}, sql: include_str!({:?}) }},",
+            path.display().to_string()
+        )
+        .expect("write to String");
     }
     out.push_str("];\n");
     let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("migrations.rs");

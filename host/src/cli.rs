@@ -137,31 +137,43 @@ async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
             if user.is_empty() {
                 return Err("--user must not be empty".into());
             }
-            let scopes =
-                if args.scopes.is_empty() { DEFAULT_CLI_SCOPES.to_vec() } else { parse_scopes(&args.scopes)? };
+            let scopes = if args.scopes.is_empty() { DEFAULT_CLI_SCOPES.to_vec() } else { parse_scopes(&args.scopes)? };
             let (row, raw) = apikey::issue(store, &user, &args.name, &scopes).await.map_err(|e| e.to_string())?;
-            eprintln!("created key {} ({}) for user {} with scopes {}", row.id, row.prefix, row.user_id, row.scopes.join(" "));
+            eprintln!(
+                "created key {} ({}) for user {} with scopes {}",
+                row.id,
+                row.prefix,
+                row.user_id,
+                row.scopes.join(" ")
+            );
             eprintln!("store it now: it is shown only once");
             println!("{raw}");
             Ok(())
         }
         KeysCommand::List { user } => {
             let rows = store.read(move |c| store::api_keys_of(c, &user)).await.map_err(|e| e.to_string())?;
-            println!("{:<18} {:<12} {:<20} {:<14} {:<14} {:<14} scopes", "id", "prefix", "name", "created", "last used", "revoked");
+            println!(
+                "{:<18} {:<12} {:<20} {:<14} {:<14} {:<14} scopes",
+                "id", "prefix", "name", "created", "last used", "revoked"
+            );
             let ms = |t: Option<i64>| t.map_or("-".to_string(), |t| t.to_string());
             for r in rows {
                 println!(
                     "{:<18} {:<12} {:<20} {:<14} {:<14} {:<14} {}",
-                    r.id, r.prefix, r.name, r.created_at, ms(r.last_used_at), ms(r.revoked_at), r.scopes.join(" ")
+                    r.id,
+                    r.prefix,
+                    r.name,
+                    r.created_at,
+                    ms(r.last_used_at),
+                    ms(r.revoked_at),
+                    r.scopes.join(" ")
                 );
             }
             Ok(())
         }
         KeysCommand::Revoke { id } => {
-            let row = store
-                .write(move |c| store::revoke_api_key(c, None, &id, now_ms()))
-                .await
-                .map_err(|e| match e {
+            let row =
+                store.write(move |c| store::revoke_api_key(c, None, &id, now_ms())).await.map_err(|e| match e {
                     store::StoreError::NotFound => "no API key with this id".to_string(),
                     other => other.to_string(),
                 })?;

@@ -131,6 +131,9 @@ impl From<figment::Error> for ConfigError {
             .map(|e| {
                 let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
                 let source = match &e.metadata {
+                    Some(md) if md.name.contains("environment") => {
+                        format!(" in environment variable ACCORD_{}", e.path.join("__").to_uppercase())
+                    }
                     Some(md) => match &md.source {
                         Some(src) => format!(" in {src}"),
                         None => format!(" in {}", md.name),

@@ -101,7 +101,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(e) => tracing::debug!(reason = %e, "authentication refused"),
             _ => {}
         }
-        let problem = Problem { kind: format!("{TYPE_BASE}{slug}"), title, status: status.as_u16(), detail: self.detail() };
+        let problem =
+            Problem { kind: format!("{TYPE_BASE}{slug}"), title, status: status.as_u16(), detail: self.detail() };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();

@@ -29,8 +29,7 @@ use tokio::sync::oneshot;
 use crate::config::DatabaseConfig;
 
 pub use keys::{
-    ApiKeyRow, NewApiKey, api_key_by_hash, api_keys_of, ensure_user, insert_api_key, revoke_api_key,
-    touch_api_keys,
+    ApiKeyRow, NewApiKey, api_key_by_hash, api_keys_of, ensure_user, insert_api_key, revoke_api_key, touch_api_keys,
 };
 pub use migrate::latest_version;
 
@@ -180,7 +179,7 @@ impl Store {
 
     /// True when the database answers and every known migration is applied.
     pub async fn is_ready(&self) -> Result<bool, StoreError> {
-        self.read(|conn| migrate::is_current(conn)).await
+        self.read(migrate::is_current).await
     }
 
     /// Waits for queued writes to commit, then closes every connection.

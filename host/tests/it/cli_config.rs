@@ -1,0 +1,126 @@
+//! Configuration layering and the `serve` process lifecycle.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{BIN, cli};
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn defaults_apply_without_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(&["check-config"], &[], Some(dir.path()));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    assert!(text.contains("server.bind = 127.0.0.1:8080"), "{text}");
+    assert!(text.contains("database.path = ./data/accord.db"), "{text}");
+}
+
+#[test]
+fn file_then_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "[server]\nbind = \"127.0.0.1:9001\"\n[database]\npath = \"/tmp/from-file.db\"\n").unwrap();
+    // ./config.toml in the working directory is found on its own.
+    let out = cli(&["check-config"], &[], Some(dir.path()));
+    assert!(stdout_of(&out).contains("127.0.0.1:9001"), "{}", stdout_of(&out));
+    // The environment beats the file.
+    let out = cli(&["check-config"], &[("ACCORD_SERVER__BIND", "127.0.0.1:9002")], Some(dir.path()));
+    let text = stdout_of(&out);
+    assert!(text.contains("127.0.0.1:9002") && text.contains("/tmp/from-file.db"), "{text}");
+    // ACCORD_CONFIG and --config name the file explicitly.
+    let other = tempfile::tempdir().unwrap();
+    let path = file.to_str().unwrap();
+    let out = cli(&["check-config"], &[("ACCORD_CONFIG", path)], Some(other.path()));
+    assert!(stdout_of(&out).contains("127.0.0.1:9001"));
+    let out = cli(&["check-config", "--config", path], &[], Some(other.path()));
+    assert!(stdout_of(&out).contains("127.0.0.1:9001"));
+}
+
+#[test]
+fn a_wrong_key_or_value_stops_startup_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accord.toml");
+    let path = file.to_str().unwrap();
+
+    std::fs::write(&file, "[server]\nbnid = \"127.0.0.1:9001\"\n").unwrap();
+    for cmd in ["check-config", "serve", "migrate"] {
+        let out = cli(&[cmd, "--config", path], &[], Some(dir.path()));
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = stderr_of(&out);
+        assert!(err.contains("bnid") && err.contains("accord.toml"), "{err}");
+    }
+
+    std::fs::write(&file, "[database]\nsynchronous = \"sometimes\"\n").unwrap();
+    let out = cli(&["check-config", "--config", path], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("database.synchronous"), "{}", stderr_of(&out));
+
+    std::fs::write(&file, "[sevrer]\n").unwrap();
+    let out = cli(&["check-config", "--config", path], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("sevrer"));
+
+    let out = cli(&["check-config"], &[("ACCORD_SERVER__BIND", "not-an-address")], Some(dir.path()));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(err.contains("server.bind") && err.contains("ACCORD_"), "{err}");
+
+    let out = cli(&["check-config", "--config", "/nonexistent/accord.toml"], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// A `serve` child process whose listening address is read from its log.
+struct Served {
+    child: Child,
+    addr: String,
+}
+
+fn spawn_serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").current_dir(dir).stderr(Stdio::piped()).stdout(Stdio::null());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ACCORD_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("spawn accord serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("server logged its address");
+    Served { child, addr }
+}
+
+#[tokio::test]
+async fn serve_on_defaults_then_stop_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = spawn_serve(dir.path(), &[("ACCORD_SERVER__BIND", "127.0.0.1:0")]);
+    let r = reqwest::get(format!("http://{}/healthz", served.addr)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(dir.path().join("data/accord.db").exists(), "default database created under ./data");
+    let status = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = served.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+}

@@ -1,0 +1,80 @@
+//! Problem responses for bad input, health endpoints, body limits.
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, expect_problem};
+
+async fn key_count(server: &TestServer, key: &str) -> usize {
+    let r = server.get("/api/api-keys", key).send().await.unwrap();
+    r.json::<Vec<Value>>().await.unwrap().len()
+}
+
+#[tokio::test]
+async fn bad_input_is_a_problem_and_changes_nothing() {
+    let server = TestServer::start_with(|c| c.server.max_body_bytes = 4096).await;
+    let key = server.cli_key("alice", &[]);
+    let url = server.url("/api/api-keys");
+    let send_raw = |body: &'static str| {
+        server.client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body).send()
+    };
+
+    let p = expect_problem(send_raw("{\"name\": ").await.unwrap(), 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("parse") || p["detail"].as_str().unwrap().contains("EOF"), "{p}");
+    expect_problem(send_raw("{\"name\": 5}").await.unwrap(), 422).await;
+    expect_problem(send_raw("{}").await.unwrap(), 422).await;
+    expect_problem(send_raw("{\"name\": \"x\", \"scopes\": \"sync:read\"}").await.unwrap(), 422).await;
+    expect_problem(send_raw("{\"name\": \"\"}").await.unwrap(), 422).await;
+    expect_problem(send_raw("{\"name\": \"x\", \"scopez\": []}").await.unwrap(), 422).await;
+    expect_problem(send_raw("[1,2]").await.unwrap(), 422).await;
+
+    let r = server.client.post(&url).bearer_auth(&key).body("{\"name\":\"x\"}").send().await.unwrap();
+    expect_problem(r, 415).await;
+
+    let big = json!({"name": "x".repeat(10_000)});
+    let r = server.post("/api/api-keys", &key, &big).send().await.unwrap();
+    expect_problem(r, 413).await;
+
+    assert_eq!(key_count(&server, &key).await, 1, "nothing was created by bad input");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let server = TestServer::start().await;
+    let r = server.client.get(server.url("/no/such/route")).send().await.unwrap();
+    expect_problem(r, 404).await;
+    let r = server.client.put(server.url("/api/api-keys")).send().await.unwrap();
+    expect_problem(r, 405).await;
+    let r = server.client.get(server.url("/api/api-keys/abc")).send().await.unwrap();
+    expect_problem(r, 405).await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = TestServer::start().await;
+    let r = server.client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = server.client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+}
+
+#[tokio::test]
+async fn cors_answers_configured_origins() {
+    let server = TestServer::start_with(|c| c.server.cors_origins = vec!["https://app.example".into()]).await;
+    let r = server
+        .client
+        .request(reqwest::Method::OPTIONS, server.url("/api/api-keys"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
+        Some("https://app.example")
+    );
+    let r = server.client.get(server.url("/healthz")).header("origin", "https://evil.example").send().await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary: real servers on 127.0.0.1, temporary databases.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+mod cli_config;
+mod http_basics;
+mod keys;
+mod migrations;

@@ -1,0 +1,147 @@
+//! Test helpers: an in-process server on 127.0.0.1:0 with a temp database, and the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use accord::config::Config;
+use reqwest::{Client, RequestBuilder, Response};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_accord");
+
+/// A running server; dropping it shuts it down and deletes its files.
+pub struct TestServer {
+    pub base: String,
+    pub client: Client,
+    /// Holds the temporary database folder until the server is dropped.
+    pub _dir: tempfile::TempDir,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.database.path = dir.join("accord.db");
+    // Tests do not need power-loss durability; a crash test that does sets FULL itself.
+    config.database.synchronous = accord::config::Synchronous::Normal;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let store = accord::server::open_store(&config).await.expect("open store");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = config.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            accord::server::serve_on(served, store, listener, shutdown).await.expect("server ran");
+        });
+        TestServer {
+            base: format!("http://{addr}"),
+            client: Client::new(),
+            _dir: dir,
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.config.database.path.clone()
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(key)
+    }
+
+    pub fn post(&self, path: &str, key: &str, body: &Value) -> RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(key).json(body)
+    }
+
+    pub fn delete(&self, path: &str, key: &str) -> RequestBuilder {
+        self.client.delete(self.url(path)).bearer_auth(key)
+    }
+
+    /// Creates a key with the CLI against this server's database and returns it.
+    pub fn cli_key(&self, user: &str, scopes: &[&str]) -> String {
+        let db = self.db_path();
+        let mut args = vec!["keys", "create", "--user", user, "--name", "test"];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        let out = cli(&args, &[("ACCORD_DATABASE__PATH", db.to_str().expect("utf-8 path"))], None);
+        assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+        let key = stdout.trim().to_string();
+        assert_eq!(stdout.lines().count(), 1, "stdout must hold only the key: {stdout:?}");
+        key
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Runs the `accord` binary with only the given ACCORD_* variables set.
+pub fn cli(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ACCORD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    cmd.output().expect("run accord binary")
+}
+
+/// Asserts a response is an RFC 9457 problem with `status`, and returns its body.
+pub async fn expect_problem(response: Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status, "unexpected status for {}", response.url());
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status);
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem lacks `{field}`: {body}");
+    }
+    body
+}
