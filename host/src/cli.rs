@@ -151,7 +151,7 @@ async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::List { user } => {
-            let rows = store.read(move |c| store::api_keys_of(c, &user)).await.map_err(|e| e.to_string())?;
+            let rows = store.read(move |c| c.api_keys_of(&user)).await.map_err(|e| e.to_string())?;
             println!(
                 "{:<18} {:<12} {:<20} {:<14} {:<14} {:<14} scopes",
                 "id", "prefix", "name", "created", "last used", "revoked"
@@ -172,11 +172,10 @@ async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::Revoke { id } => {
-            let row =
-                store.write(move |c| store::revoke_api_key(c, None, &id, now_ms())).await.map_err(|e| match e {
-                    store::StoreError::NotFound => "no API key with this id".to_string(),
-                    other => other.to_string(),
-                })?;
+            let row = store.write(move |c| c.revoke_api_key(None, &id, now_ms())).await.map_err(|e| match e {
+                store::StoreError::NotFound => "no API key with this id".to_string(),
+                other => other.to_string(),
+            })?;
             println!("revoked key {} of user {}", row.id, row.user_id);
             Ok(())
         }

@@ -4,6 +4,7 @@
 //! value is an error that names the key and where it came from. Config is
 //! passed explicitly to whoever needs it, never read from a global.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,86 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
+    pub sync: SyncConfig,
+    /// Entity types by name. Empty (no `[entities]` anywhere) means the notes
+    /// app's eight types, see [`default_entities`].
+    pub entities: BTreeMap<String, EntityConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// More records than this in one push is a 413.
+    pub max_records_per_push: usize,
+    /// Largest `data` of one record, in bytes of JSON text (422 above it).
+    pub max_record_bytes: usize,
+    /// Deepest nesting allowed inside a record's `data` (the object itself is depth 1).
+    pub max_json_depth: usize,
+    /// Pull page size when the client gives no `limit`.
+    pub default_pull_limit: usize,
+    /// Largest `limit` a client may ask for; larger values are capped.
+    pub max_pull_limit: usize,
+    /// A pull page stops after about this many bytes of record data.
+    pub max_page_bytes: usize,
+    /// Earlier versions kept per record (for three-way merges), unless the type says otherwise.
+    pub history: u32,
+    /// How long a `pushId` and its response are kept for safe retries, in hours.
+    pub push_retention_hours: u64,
+    /// Longest `wait` a long-polling pull may ask for, in seconds.
+    pub max_wait_secs: u64,
+    /// Interval of SSE heartbeat comments on `/api/sync/events`, in seconds.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            max_records_per_push: 10_000,
+            max_record_bytes: 1024 * 1024,
+            max_json_depth: 64,
+            default_pull_limit: 1000,
+            max_pull_limit: 10_000,
+            max_page_bytes: 4 * 1024 * 1024,
+            history: 20,
+            push_retention_hours: 24,
+            max_wait_secs: 30,
+            heartbeat_secs: 15,
+        }
+    }
+}
+
+/// One `[entities.<name>]` table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntityConfig {
+    /// Reference fields in `data`: field name → the entity type it names.
+    pub refs: BTreeMap<String, String>,
+    /// Earlier versions kept per record; default `sync.history`.
+    pub history: Option<u32>,
+    /// The merge rule: `version-wins` (default) or `compare-and-set`.
+    pub policy: Option<String>,
+}
+
+/// Merge rules this build knows.
+pub const POLICIES: [&str; 2] = ["version-wins", "compare-and-set"];
+
+/// The notes app's entity types, used when the configuration declares none.
+pub fn default_entities() -> BTreeMap<String, EntityConfig> {
+    let entity = |refs: &[(&str, &str)], policy: &str| EntityConfig {
+        refs: refs.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect(),
+        history: None,
+        policy: Some(policy.to_string()),
+    };
+    BTreeMap::from([
+        ("contexts".to_string(), entity(&[], "compare-and-set")),
+        ("topics".to_string(), entity(&[("contextId", "contexts")], "compare-and-set")),
+        ("historyEntries".to_string(), entity(&[("topicId", "topics")], "compare-and-set")),
+        ("ratings".to_string(), entity(&[("topicId", "topics")], "version-wins")),
+        ("imageBlobs".to_string(), entity(&[], "compare-and-set")),
+        ("pages".to_string(), entity(&[], "compare-and-set")),
+        ("notebooks".to_string(), entity(&[], "compare-and-set")),
+        ("pageNotebooks".to_string(), entity(&[("pageId", "pages"), ("notebookId", "notebooks")], "compare-and-set")),
+    ])
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -170,7 +251,10 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("ACCORD_").split("__").ignore(&["config"]));
-        let config: Config = figment.extract()?;
+        let mut config: Config = figment.extract()?;
+        if config.entities.is_empty() {
+            config.entities = default_entities();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -189,6 +273,85 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &format!("not a valid filter: {e}"));
         }
-        Ok(())
+        for origin in &self.server.cors_origins {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+                return bad("server.cors_origins", &format!("`{origin}` is not a valid origin"));
+            }
+        }
+        let s = &self.sync;
+        for (key, value) in [
+            ("sync.max_records_per_push", s.max_records_per_push),
+            ("sync.max_record_bytes", s.max_record_bytes),
+            ("sync.max_json_depth", s.max_json_depth),
+            ("sync.default_pull_limit", s.default_pull_limit),
+            ("sync.max_pull_limit", s.max_pull_limit),
+            ("sync.max_page_bytes", s.max_page_bytes),
+        ] {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
+        }
+        if s.heartbeat_secs == 0 {
+            return bad("sync.heartbeat_secs", "must be greater than 0");
+        }
+        if s.default_pull_limit > s.max_pull_limit {
+            return bad("sync.default_pull_limit", "must not exceed sync.max_pull_limit");
+        }
+        for (name, entity) in &self.entities {
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid_name {
+                return bad(&format!("entities.{name}"), "an entity type name is 1-64 letters, digits, `_` or `-`");
+            }
+            if let Some(policy) = &entity.policy
+                && !POLICIES.contains(&policy.as_str())
+            {
+                return bad(
+                    &format!("entities.{name}.policy"),
+                    &format!("unknown policy `{policy}`; known: {}", POLICIES.join(", ")),
+                );
+            }
+            for (field, target) in &entity.refs {
+                if !self.entities.contains_key(target) {
+                    return bad(
+                        &format!("entities.{name}.refs.{field}"),
+                        &format!("names entity type `{target}`, which is not declared"),
+                    );
+                }
+            }
+        }
+        self.entity_order().map(|_| ())
+    }
+
+    /// Entity types in dependency order (a type after every type it refers to;
+    /// ties broken by name), or an error naming a reference cycle.
+    pub fn entity_order(&self) -> Result<Vec<String>, ConfigError> {
+        let mut order: Vec<String> = Vec::with_capacity(self.entities.len());
+        let mut placed = std::collections::BTreeSet::new();
+        while order.len() < self.entities.len() {
+            let ready: Vec<&String> = self
+                .entities
+                .iter()
+                .filter(|(name, e)| {
+                    !placed.contains(name.as_str())
+                        && e.refs.values().all(|t| t == *name || placed.contains(t.as_str()))
+                })
+                .map(|(name, _)| name)
+                .collect();
+            if ready.is_empty() {
+                let stuck: Vec<&str> =
+                    self.entities.keys().filter(|n| !placed.contains(n.as_str())).map(String::as_str).collect();
+                return Err(ConfigError(format!(
+                    "config key `entities`: the references among {} form a cycle",
+                    stuck.join(", ")
+                )));
+            }
+            for name in ready {
+                placed.insert(name.as_str());
+                order.push(name.clone());
+            }
+        }
+        Ok(order)
     }
 }

@@ -10,11 +10,14 @@ use crate::auth::UsageRecorder;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::store::{Store, StoreError};
+use crate::sync::{SetupError, SyncCore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -46,7 +49,10 @@ pub async fn serve_on(
 ) -> Result<(), ServeError> {
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let (usage, usage_task) = UsageRecorder::start(store.clone());
-    let state = AppState { config: Arc::new(config), store: store.clone(), usage };
+    let sync = SyncCore::new(store.clone(), &config).await?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let janitor = tokio::spawn(expire_pushes(sync.clone()));
+    let state = AppState { config: Arc::new(config), store: store.clone(), usage, sync, shutdown: shutdown_rx };
     let router = http::app(state);
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %store.path().display(), "accord listening");
@@ -55,6 +61,7 @@ pub async fn serve_on(
     let graceful = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = shutdown_tx.send(true);
         let _ = stopping_tx.send(());
     };
     let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
@@ -67,10 +74,24 @@ pub async fn serve_on(
             Ok(())
         }
     };
+    janitor.abort();
     usage_task.finish().await;
     store.close().await;
     tracing::info!("database closed; bye");
     outcome.map_err(ServeError::Io)
+}
+
+/// Forgets expired idempotency records at startup and then hourly.
+async fn expire_pushes(sync: SyncCore) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match sync.expire_pushes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "forgot expired pushIds"),
+            Err(e) => tracing::warn!(error = %e, "could not expire pushIds"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

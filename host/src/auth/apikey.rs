@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use super::Scope;
-use crate::store::{self, ApiKeyRow, NewApiKey, Store, StoreError, now_ms};
+use crate::store::{ApiKeyRow, NewApiKey, Store, StoreError, now_ms};
 
 pub const PREFIX: &str = "ka_";
 /// base64url of 32 bytes without padding.
@@ -71,7 +71,7 @@ pub async fn issue(
         scopes: scopes.iter().map(|s| s.as_str().to_string()).collect(),
         created_at: now_ms(),
     };
-    let row = store.write(move |conn| store::insert_api_key(conn, &new)).await?;
+    let row = store.write(move |conn| conn.insert_api_key(&new)).await?;
     Ok((row, generated.raw))
 }
 

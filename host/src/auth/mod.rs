@@ -91,7 +91,7 @@ pub async fn authenticate(store: &Store, usage: &UsageRecorder, token: &str) -> 
         return Err(AuthError::NotAnApiKey);
     }
     let hash = apikey::hash(token).ok_or(AuthError::Malformed("not a well-formed ka_ key"))?;
-    let row = store.read(move |conn| crate::store::api_key_by_hash(conn, &hash)).await?.ok_or(AuthError::UnknownKey)?;
+    let row = store.read(move |conn| conn.api_key_by_hash(&hash)).await?.ok_or(AuthError::UnknownKey)?;
     if row.revoked_at.is_some() {
         return Err(AuthError::Revoked);
     }

@@ -77,7 +77,7 @@ async fn flush(store: &Store, pending: &mut HashMap<String, i64>) {
         return;
     }
     let uses: Vec<(String, i64)> = pending.drain().collect();
-    if let Err(e) = store.write(move |conn| crate::store::touch_api_keys(conn, &uses)).await {
+    if let Err(e) = store.write(move |conn| conn.touch_api_keys(&uses)).await {
         tracing::warn!(error = %e, "could not record API key usage");
     }
 }

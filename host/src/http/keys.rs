@@ -83,7 +83,7 @@ pub async fn create(
 pub async fn list(State(state): State<AppState>, caller: Principal) -> Result<Json<Vec<KeyView>>, ApiError> {
     caller.require(Scope::KeysManage)?;
     let user = caller.user_id;
-    let rows = state.store.read(move |conn| store::api_keys_of(conn, &user)).await?;
+    let rows = state.store.read(move |conn| conn.api_keys_of(&user)).await?;
     Ok(Json(rows.into_iter().map(KeyView::from).collect()))
 }
 
@@ -94,7 +94,7 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::KeysManage)?;
     let user = caller.user_id;
-    let result = state.store.write(move |conn| store::revoke_api_key(conn, Some(&user), &id, now_ms())).await;
+    let result = state.store.write(move |conn| conn.revoke_api_key(Some(&user), &id, now_ms())).await;
     match result {
         Ok(_) => Ok(StatusCode::NO_CONTENT),
         Err(store::StoreError::NotFound) => Err(ApiError::NotFound("no API key with this id".into())),

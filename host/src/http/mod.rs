@@ -5,20 +5,24 @@ mod extract;
 pub mod keys;
 mod ops;
 mod problem;
+mod sync;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::UsageRecorder;
 use crate::config::Config;
 use crate::store::Store;
+use crate::sync::SyncCore;
 
 pub use extract::ApiJson;
 pub use problem::ApiError;
@@ -29,6 +33,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub usage: UsageRecorder,
+    pub sync: SyncCore,
+    /// Turns true when the server starts shutting down (ends event streams).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The whole HTTP application, without a socket (tests can drive it in-process).
@@ -38,6 +45,11 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/api-keys", get(keys::list).post(keys::create))
         .route("/api/api-keys/{id}", delete(keys::revoke))
+        .route("/api/sync/push", post(sync::push))
+        .route("/api/sync/pull", get(sync::pull))
+        .route("/api/sync/events", get(sync::events))
+        .route("/api/sync/conflicts", get(sync::conflicts))
+        .route("/api/sync/conflicts/{id}/resolve", post(sync::resolve))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(ops::not_found)
@@ -45,7 +57,10 @@ pub fn app(state: AppState) -> Router {
         .with_state(state);
     let mut app = api
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestDecompressionLayer::new().gzip(true))
+        .layer(CompressionLayer::new().gzip(true))
         .layer(CatchPanicLayer::custom(ops::panic_response))
+        .layer(axum::middleware::from_fn(sync::log_client_aborts))
         .layer(TraceLayer::new_for_http());
     if let Some(cors) = cors {
         app = app.layer(cors);

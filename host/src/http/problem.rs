@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::store::StoreError;
+use crate::sync::SyncError;
 
 /// Base of the `type` URIs; each problem kind is documented in docs/problems.md.
 const TYPE_BASE: &str = "https://accord.dev/problems/";
@@ -24,6 +25,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -58,6 +63,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
             }
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::Gone(_) => (StatusCode::GONE, "cursor-gone", "Cursor no longer valid"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
@@ -88,6 +95,20 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound("no such resource".into()),
             StoreError::Busy | StoreError::Closed => ApiError::Unavailable(format!("{e}; retry")),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<SyncError> for ApiError {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::Invalid(m) => ApiError::Unprocessable(m),
+            SyncError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            SyncError::BadRequest(m) => ApiError::BadRequest(m),
+            SyncError::CursorGone(m) => ApiError::Gone(m),
+            SyncError::NotFound(m) => ApiError::NotFound(m),
+            SyncError::Conflict(m) => ApiError::Conflict(m),
+            SyncError::Store(e) => e.into(),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! SQL for users and API keys.
 
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{OptionalExtension, Row};
 
-use super::StoreError;
+use super::{StoreError, Tx};
 
 /// An API key as stored, minus its hash.
 #[derive(Clone, Debug)]
@@ -45,81 +45,80 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
     })
 }
 
-/// Creates the user row if this is the first time the id is seen.
-pub fn ensure_user(conn: &Connection, user_id: &str, now: i64) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO users (id, created_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING")?
-        .execute((user_id, now))?;
-    Ok(())
-}
-
-pub fn insert_api_key(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
-    ensure_user(conn, &key.user_id, key.created_at)?;
-    conn.prepare_cached(
-        "INSERT INTO api_keys (id, user_id, name, prefix, hash, scopes, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute((
-        &key.id,
-        &key.user_id,
-        &key.name,
-        &key.prefix,
-        &key.hash[..],
-        key.scopes.join(" "),
-        key.created_at,
-    ))?;
-    Ok(ApiKeyRow {
-        id: key.id.clone(),
-        user_id: key.user_id.clone(),
-        name: key.name.clone(),
-        prefix: key.prefix.clone(),
-        scopes: key.scopes.clone(),
-        created_at: key.created_at,
-        last_used_at: None,
-        revoked_at: None,
-    })
-}
-
-/// Looks a key up by the SHA-256 of its raw form (through the UNIQUE index).
-pub fn api_key_by_hash(conn: &Connection, hash: &[u8; 32]) -> Result<Option<ApiKeyRow>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE hash = ?1");
-    Ok(conn.prepare_cached(&sql)?.query_row([&hash[..]], from_row).optional()?)
-}
-
-/// The keys of one user, oldest first, revoked ones included.
-pub fn api_keys_of(conn: &Connection, user_id: &str) -> Result<Vec<ApiKeyRow>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE user_id = ?1 ORDER BY created_at, id");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([user_id], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Revokes a key; `user_id = None` (the local CLI) may revoke anyone's.
-/// Revoking a revoked key keeps its first revocation time.
-pub fn revoke_api_key(
-    conn: &Connection,
-    user_id: Option<&str>,
-    key_id: &str,
-    now: i64,
-) -> Result<ApiKeyRow, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1");
-    let row = conn.prepare_cached(&sql)?.query_row([key_id], from_row).optional()?;
-    let Some(mut row) = row.filter(|r| user_id.is_none_or(|u| u == r.user_id)) else {
-        return Err(StoreError::NotFound);
-    };
-    if row.revoked_at.is_none() {
-        conn.prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1")?.execute((key_id, now))?;
-        row.revoked_at = Some(now);
+impl Tx<'_> {
+    /// Creates the user row if this is the first time the id is seen.
+    pub fn ensure_user(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO users (id, created_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING")?
+            .execute((user_id, now))?;
+        Ok(())
     }
-    Ok(row)
-}
 
-/// Records when keys were last used; times only ever move forward.
-pub fn touch_api_keys(conn: &Connection, uses: &[(String, i64)]) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-    )?;
-    for (id, at) in uses {
-        stmt.execute((id, at))?;
+    pub fn insert_api_key(&self, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
+        self.ensure_user(&key.user_id, key.created_at)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO api_keys (id, user_id, name, prefix, hash, scopes, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute((
+                &key.id,
+                &key.user_id,
+                &key.name,
+                &key.prefix,
+                &key.hash[..],
+                key.scopes.join(" "),
+                key.created_at,
+            ))?;
+        Ok(ApiKeyRow {
+            id: key.id.clone(),
+            user_id: key.user_id.clone(),
+            name: key.name.clone(),
+            prefix: key.prefix.clone(),
+            scopes: key.scopes.clone(),
+            created_at: key.created_at,
+            last_used_at: None,
+            revoked_at: None,
+        })
     }
-    Ok(())
+
+    /// Looks a key up by the SHA-256 of its raw form (through the UNIQUE index).
+    pub fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE hash = ?1");
+        Ok(self.conn.prepare_cached(&sql)?.query_row([&hash[..]], from_row).optional()?)
+    }
+
+    /// The keys of one user, oldest first, revoked ones included.
+    pub fn api_keys_of(&self, user_id: &str) -> Result<Vec<ApiKeyRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE user_id = ?1 ORDER BY created_at, id");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([user_id], from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a key; `user_id = None` (the local CLI) may revoke anyone's.
+    /// Revoking a revoked key keeps its first revocation time.
+    pub fn revoke_api_key(&self, user_id: Option<&str>, key_id: &str, now: i64) -> Result<ApiKeyRow, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1");
+        let row = self.conn.prepare_cached(&sql)?.query_row([key_id], from_row).optional()?;
+        let Some(mut row) = row.filter(|r| user_id.is_none_or(|u| u == r.user_id)) else {
+            return Err(StoreError::NotFound);
+        };
+        if row.revoked_at.is_none() {
+            self.conn.prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1")?.execute((key_id, now))?;
+            row.revoked_at = Some(now);
+        }
+        Ok(row)
+    }
+
+    /// Records when keys were last used; times only ever move forward.
+    pub fn touch_api_keys(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+        )?;
+        for (id, at) in uses {
+            stmt.execute((id, at))?;
+        }
+        Ok(())
+    }
 }

@@ -13,8 +13,11 @@
 //! caller is still waiting: a dropped HTTP request therefore never leaves half
 //! a job written — the job either commits whole or rolls back whole.
 
+mod conflicts;
 mod keys;
 mod migrate;
+mod pushlog;
+mod records;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -24,17 +27,29 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::config::DatabaseConfig;
 
-pub use keys::{
-    ApiKeyRow, NewApiKey, api_key_by_hash, api_keys_of, ensure_user, insert_api_key, revoke_api_key, touch_api_keys,
-};
+pub use conflicts::{ConflictRow, ConflictStatus, NewConflict};
+pub use keys::{ApiKeyRow, NewApiKey};
 pub use migrate::latest_version;
+pub use records::{RecordRow, SyncState};
 
 /// How many queued write jobs the writer commits together at most.
 const MAX_GROUP: usize = 64;
+/// Change notices buffered per subscriber before it is told it lagged.
+const NOTICE_BUFFER: usize = 1024;
+
+/// "User `user`'s data changed, up to sequence `seq`" — published after commit.
+///
+/// In-process today; a PostgreSQL store would carry these over LISTEN/NOTIFY
+/// so every host sees every commit.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub user: String,
+    pub seq: i64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +100,13 @@ struct Ran {
 
 type Job = Box<dyn FnOnce(&Connection) -> Ran + Send>;
 
+/// A connection lent to a job: inside a savepoint on the writer, or read-only.
+/// Its methods (in the submodules) are the store's whole vocabulary; callers
+/// never see SQL or rusqlite types.
+pub struct Tx<'c> {
+    conn: &'c Connection,
+}
+
 /// A cheap, cloneable handle to the database.
 #[derive(Clone)]
 pub struct Store {
@@ -97,6 +119,7 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    notices: broadcast::Sender<Notice>,
 }
 
 impl Store {
@@ -120,6 +143,7 @@ impl Store {
                 writer: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
+                notices: broadcast::channel(NOTICE_BUFFER).0,
             }),
         })
     }
@@ -130,13 +154,27 @@ impl Store {
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_notifying(move |tx| f(tx).map(|v| (v, None))).await
+    }
+
+    /// Like [`Store::write`], and once the commit is durable publishes the
+    /// job's notice to subscribers — even if the caller stopped waiting.
+    pub async fn write_notifying<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<(T, Option<Notice>), StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| match f(conn) {
-            Ok(value) => Ran {
+        let notices = self.inner.notices.clone();
+        let job: Job = Box::new(move |conn| match f(&Tx { conn }) {
+            Ok((value, notice)) => Ran {
                 keep: true,
                 finish: Box::new(move |committed| {
+                    if let (Ok(()), Some(notice)) = (&committed, notice) {
+                        let _ = notices.send(notice);
+                    }
                     let _ = tx.send(committed.map(|()| value));
                 }),
             },
@@ -156,7 +194,7 @@ impl Store {
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -165,7 +203,9 @@ impl Store {
                 Some(c) => c,
                 None => open_connection(&inner.path, &inner.config, true)?,
             };
-            let result = f(&conn);
+            // One read transaction, so every query of `f` sees the same snapshot.
+            let result = conn.execute_batch("BEGIN").map_err(StoreError::from).and_then(|()| f(&Tx { conn: &conn }));
+            let _ = conn.execute_batch("ROLLBACK");
             if let Ok(mut pool) = inner.readers.lock()
                 && pool.len() < inner.config.readers
             {
@@ -177,9 +217,14 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
+    /// Notices of committed changes, for long polls and event streams.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe()
+    }
+
     /// True when the database answers and every known migration is applied.
     pub async fn is_ready(&self) -> Result<bool, StoreError> {
-        self.read(migrate::is_current).await
+        self.read(|tx| migrate::is_current(tx.conn)).await
     }
 
     /// Waits for queued writes to commit, then closes every connection.

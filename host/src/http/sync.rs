@@ -1,0 +1,167 @@
+//! `/api/sync/*`: push, pull, change events and conflicts.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt as _};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::{ApiError, ApiJson, AppState};
+use crate::auth::{Principal, Scope};
+use crate::sync::{ConflictQuery, PullQuery, Resolution};
+
+fn json_response(body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `POST /api/sync/push`. The body is read here (not by an extractor) so that
+/// an upload cut short is logged as a client abort with the bytes received.
+pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) -> Result<Response, ApiError> {
+    caller.require(Scope::SyncWrite)?;
+    let limit = state.config.server.max_body_bytes;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            tracing::info!(route = "/api/sync/push", bytes = buf.len(), error = %e, "client aborted the upload");
+            ApiError::BadRequest(format!("the request body could not be read: {e}"))
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the request body is larger than {limit} bytes (server.max_body_bytes)"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let response = state.sync.push(&caller.user_id, &buf).await?;
+    Ok(json_response(response))
+}
+
+/// `GET /api/sync/pull?since=&limit=&types=&wait=`.
+pub async fn pull(
+    State(state): State<AppState>,
+    caller: Principal,
+    query: Result<Query<PullQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::SyncRead)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(json_response(state.sync.pull(&caller.user_id, query).await?))
+}
+
+/// `GET /api/sync/events`: Server-Sent Events, `change` after each commit
+/// touching the caller's data, `resync` when this stream fell behind.
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Principal,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    caller.require(Scope::SyncRead)?;
+    let user = caller.user_id;
+    let sync = state.sync.clone();
+    let changes = BroadcastStream::new(state.sync.subscribe()).filter_map(move |notice| {
+        let event = match notice {
+            Ok(n) if n.user == user => {
+                let cursor = sync.cursor_at(n.seq);
+                Some(Event::default().event("change").data(format!("{{\"cursor\":\"{cursor}\"}}")))
+            }
+            Ok(_) => None,
+            Err(BroadcastStreamRecvError::Lagged(_)) => Some(Event::default().event("resync").data("{}")),
+        };
+        std::future::ready(event.map(Ok))
+    });
+    let mut shutdown = state.shutdown.clone();
+    let stream = changes.take_until(async move {
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
+    });
+    let heartbeat = Duration::from_secs(state.config.sync.heartbeat_secs);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")))
+}
+
+/// `GET /api/sync/conflicts?status=&entity=&limit=&after=`.
+pub async fn conflicts(
+    State(state): State<AppState>,
+    caller: Principal,
+    query: Result<Query<ConflictQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::SyncRead)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(json_response(state.sync.conflicts(&caller.user_id, query).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveBody {
+    take: Option<String>,
+    record: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResolveRecord<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    deleted: bool,
+}
+
+/// `POST /api/sync/conflicts/{id}/resolve` with `{"take":"server"|"incoming"}` or `{"record":{…}}`.
+pub async fn resolve(
+    State(state): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ResolveBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::SyncWrite)?;
+    let resolution = match (body.take.as_deref(), &body.record) {
+        (Some("server"), None) => Resolution::Server,
+        (Some("incoming"), None) => Resolution::Incoming,
+        (None, Some(raw)) => {
+            let record: ResolveRecord<'_> = serde_json::from_str(raw.get())
+                .map_err(|e| ApiError::Unprocessable(format!("`record` must be a record object: {e}")))?;
+            let data = match record.data {
+                Some(d) => d.get().to_string(),
+                None if record.deleted => "{}".to_string(),
+                None => return Err(ApiError::Unprocessable("`record.data` is missing".into())),
+            };
+            Resolution::Record { data, deleted: record.deleted }
+        }
+        _ => {
+            return Err(ApiError::Unprocessable(
+                "give exactly one of {\"take\": \"server\"}, {\"take\": \"incoming\"} or {\"record\": {…}}".into(),
+            ));
+        }
+    };
+    Ok(json_response(state.sync.resolve(&caller.user_id, &id, resolution).await?))
+}
+
+/// Logs requests whose client went away before the response was sent (info, not error).
+pub async fn log_client_aborts(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    struct Guard {
+        route: String,
+        declared_bytes: Option<u64>,
+        done: bool,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if !self.done {
+                tracing::info!(route = %self.route, bytes = ?self.declared_bytes, "client aborted the request");
+            }
+        }
+    }
+    let declared_bytes =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let mut guard =
+        Guard { route: format!("{} {}", request.method(), request.uri().path()), declared_bytes, done: false };
+    let response = next.run(request).await;
+    guard.done = true;
+    response.into_response()
+}

@@ -1,0 +1,193 @@
+//! SQL for records, their history, and the change sequence.
+
+use rusqlite::{OptionalExtension, Row};
+
+use super::{StoreError, Tx};
+
+/// One version of a record as stored. `data` is JSON object text, kept verbatim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordRow {
+    pub entity: String,
+    pub id: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub data: String,
+    pub updated_at: i64,
+    /// The change sequence of the write that produced this version (0 in history).
+    pub seq: i64,
+}
+
+/// The database-wide change sequence and the identity of this database.
+#[derive(Clone, Debug)]
+pub struct SyncState {
+    pub last_seq: i64,
+    pub epoch: String,
+}
+
+fn record_from(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
+    Ok(RecordRow {
+        entity: r.get(0)?,
+        id: r.get(1)?,
+        version: r.get(2)?,
+        deleted: r.get(3)?,
+        data: r.get(4)?,
+        updated_at: r.get(5)?,
+        seq: r.get(6)?,
+    })
+}
+
+impl Tx<'_> {
+    pub fn sync_state(&self) -> Result<SyncState, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT last_seq, epoch FROM sync_state WHERE id = 1")?
+            .query_row([], |r| Ok(SyncState { last_seq: r.get(0)?, epoch: r.get(1)? }))?)
+    }
+
+    pub fn set_last_seq(&self, seq: i64) -> Result<(), StoreError> {
+        self.conn.prepare_cached("UPDATE sync_state SET last_seq = ?1 WHERE id = 1")?.execute([seq])?;
+        Ok(())
+    }
+
+    /// The current version of a record, tombstones included.
+    pub fn record(&self, user: &str, entity: &str, id: &str) -> Result<Option<RecordRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT entity, id, version, deleted, data, updated_at, seq FROM records
+                 WHERE user_id = ?1 AND entity = ?2 AND id = ?3",
+            )?
+            .query_row((user, entity, id), record_from)
+            .optional()?)
+    }
+
+    /// True if the user has this record, even as a tombstone.
+    pub fn record_exists(&self, user: &str, entity: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM records WHERE user_id = ?1 AND entity = ?2 AND id = ?3")?
+            .query_row((user, entity, id), |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// An earlier version of a record, if history still holds it.
+    pub fn record_version(
+        &self,
+        user: &str,
+        entity: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<RecordRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT entity, id, version, deleted, data, updated_at, 0 FROM record_history
+                 WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version = ?4",
+            )?
+            .query_row((user, entity, id, version), record_from)
+            .optional()?)
+    }
+
+    /// Writes `new` as the current version. If a `previous` version exists it
+    /// moves to history, which is trimmed to the newest `keep` versions.
+    pub fn put_record(
+        &self,
+        user: &str,
+        new: &RecordRow,
+        previous: Option<&RecordRow>,
+        keep: u32,
+    ) -> Result<(), StoreError> {
+        match previous {
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO records (user_id, entity, id, version, deleted, data, updated_at, seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?
+                    .execute((
+                        user,
+                        &new.entity,
+                        &new.id,
+                        new.version,
+                        new.deleted,
+                        &new.data,
+                        new.updated_at,
+                        new.seq,
+                    ))?;
+            }
+            Some(old) => {
+                if keep > 0 {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO record_history
+                               (user_id, entity, id, version, deleted, data, updated_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )?
+                        .execute((user, &old.entity, &old.id, old.version, old.deleted, &old.data, old.updated_at))?;
+                    self.conn
+                        .prepare_cached(
+                            "DELETE FROM record_history
+                             WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version <= (
+                               SELECT version FROM record_history
+                               WHERE user_id = ?1 AND entity = ?2 AND id = ?3
+                               ORDER BY version DESC LIMIT 1 OFFSET ?4)",
+                        )?
+                        .execute((user, &old.entity, &old.id, keep))?;
+                }
+                self.conn
+                    .prepare_cached(
+                        "UPDATE records SET version = ?4, deleted = ?5, data = ?6, updated_at = ?7, seq = ?8
+                         WHERE user_id = ?1 AND entity = ?2 AND id = ?3",
+                    )?
+                    .execute((
+                        user,
+                        &new.entity,
+                        &new.id,
+                        new.version,
+                        new.deleted,
+                        &new.data,
+                        new.updated_at,
+                        new.seq,
+                    ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The user's records changed after `since`, in sequence order: at most
+    /// `limit` rows and, past the first, about `max_bytes` of data. `types`
+    /// empty means every type. Returns the rows and whether more follow.
+    pub fn changes_since(
+        &self,
+        user: &str,
+        since: i64,
+        types: &[String],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<RecordRow>, bool), StoreError> {
+        let mut sql = String::from(
+            "SELECT entity, id, version, deleted, data, updated_at, seq FROM records
+             WHERE user_id = ?1 AND seq > ?2",
+        );
+        if !types.is_empty() {
+            sql.push_str(" AND entity IN (SELECT value FROM json_each(?3))");
+        }
+        sql.push_str(" ORDER BY seq");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let types_json = serde_json::to_string(types).unwrap_or_else(|_| "[]".into());
+        let mut rows =
+            if types.is_empty() { stmt.query((user, since))? } else { stmt.query((user, since, types_json))? };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next()? {
+            if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
+                return Ok((out, true));
+            }
+            let record = record_from(row)?;
+            bytes += record.data.len() + record.id.len() + 64;
+            out.push(record);
+        }
+        Ok((out, false))
+    }
+}

@@ -1,0 +1,245 @@
+//! Sync semantics — push, pull, conflicts, change notices — independent of HTTP.
+//!
+//! A push is validated in full before anything is written (`wire`), then
+//! applied as one store job (`push`): one transaction, all or nothing, with
+//! its idempotency record written in the same transaction.
+
+mod conflicts;
+pub mod cursor;
+mod json;
+pub mod policy;
+mod pull;
+mod push;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::sync::broadcast;
+
+use crate::config::{Config, ConfigError, SyncConfig};
+use crate::store::{Notice, Store, StoreError, now_ms};
+
+pub use conflicts::{ConflictQuery, Resolution};
+pub use policy::Rule;
+pub use pull::PullQuery;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Well-formed but invalid input (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// Over a configured size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Malformed input, e.g. not JSON or a malformed cursor (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A cursor this server cannot continue from (410).
+    #[error("{0}")]
+    CursorGone(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts the current state, e.g. resolving twice (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why sync could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A reference field of an entity type.
+#[derive(Clone, Debug)]
+pub struct Reference {
+    pub field: String,
+    pub target: String,
+    pub target_index: usize,
+}
+
+/// One declared entity type.
+#[derive(Clone, Debug)]
+pub struct EntityType {
+    pub name: String,
+    pub refs: Vec<Reference>,
+    pub history: u32,
+    pub rule: Rule,
+}
+
+/// The declared entity types, in dependency order (parents first).
+#[derive(Clone, Debug)]
+pub struct Entities {
+    pub types: Vec<EntityType>,
+}
+
+impl Entities {
+    pub fn from_config(config: &Config) -> Result<Entities, ConfigError> {
+        let order = config.entity_order()?;
+        let types = order
+            .iter()
+            .map(|name| {
+                let e = &config.entities[name];
+                let refs = e
+                    .refs
+                    .iter()
+                    .map(|(field, target)| Reference {
+                        field: field.clone(),
+                        target: target.clone(),
+                        target_index: order.iter().position(|n| n == target).unwrap_or(usize::MAX),
+                    })
+                    .collect();
+                let rule = Rule::from_name(e.policy.as_deref().unwrap_or("version-wins")).unwrap_or(Rule::VersionWins);
+                EntityType { name: name.clone(), refs, history: e.history.unwrap_or(config.sync.history), rule }
+            })
+            .collect();
+        Ok(Entities { types })
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.types.iter().position(|t| t.name == name)
+    }
+}
+
+/// Push, pull and conflict operations over a store.
+#[derive(Clone)]
+pub struct SyncCore {
+    store: Store,
+    entities: Arc<Entities>,
+    limits: Arc<SyncConfig>,
+    /// This database's identity, part of every cursor.
+    epoch: Arc<str>,
+}
+
+/// A random public id (conflicts): 16 base64url characters.
+fn new_id() -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Uniqueness, not secrecy, is what matters here; fall back to time and a counter.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
+        bytes[8..].copy_from_slice(&(n as u32).to_le_bytes());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl SyncCore {
+    pub async fn new(store: Store, config: &Config) -> Result<SyncCore, SetupError> {
+        let entities = Arc::new(Entities::from_config(config)?);
+        let epoch = store.read(|tx| tx.sync_state()).await?.epoch;
+        Ok(SyncCore { store, entities, limits: Arc::new(config.sync.clone()), epoch: epoch.into() })
+    }
+
+    /// The cursor that stands for "up to sequence `seq`".
+    pub fn cursor_at(&self, seq: i64) -> String {
+        cursor::encode(&self.epoch, seq)
+    }
+
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// Applies a push body for `user`; returns the response JSON.
+    ///
+    /// Once the job reaches the writer it runs to completion even if this
+    /// future is dropped (client gone): the push commits whole or not at all.
+    pub async fn push(&self, user: &str, body: &[u8]) -> Result<String, SyncError> {
+        let request = wire::parse_push(body, &self.entities, &self.limits)?;
+        let entities = self.entities.clone();
+        let user = user.to_string();
+        let applied = self
+            .store
+            .write_notifying(move |tx| {
+                let applied = push::apply(tx, &user, &entities, &request, now_ms())?;
+                let notice = match &applied {
+                    push::Applied::Fresh { wrote_up_to: Some(seq), .. } => Some(Notice { user, seq: *seq }),
+                    _ => None,
+                };
+                Ok((applied, notice))
+            })
+            .await?;
+        match applied {
+            push::Applied::Fresh { response, .. } | push::Applied::Replay(response) => Ok(response),
+            push::Applied::PushIdReused => Err(SyncError::Invalid(
+                "this pushId was already used with a different body; use a new pushId for new changes".into(),
+            )),
+        }
+    }
+
+    /// One page of the user's changes (see [`PullQuery`]); waits up to
+    /// `query.wait` for a change when there is none.
+    pub async fn pull(&self, user: &str, query: PullQuery) -> Result<Vec<u8>, SyncError> {
+        let since = pull::since(query.since.as_deref())?;
+        let types = pull::types(&query.types, &self.entities)?;
+        let limit = query.limit.unwrap_or(self.limits.default_pull_limit).min(self.limits.max_pull_limit);
+        if limit == 0 {
+            return Err(SyncError::BadRequest("`limit` must be at least 1".into()));
+        }
+        let wait = Duration::from_secs(query.wait.unwrap_or(0).min(self.limits.max_wait_secs));
+        let mut notices = (!wait.is_zero()).then(|| self.store.subscribe());
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let page = self.read_page(user, &since, &types, limit).await?;
+            let Some(rx) = notices.as_mut().filter(|_| page.empty) else { return Ok(page.body) };
+            if !wait_for_user(rx, user, deadline).await {
+                return Ok(page.body);
+            }
+        }
+    }
+
+    async fn read_page(
+        &self,
+        user: &str,
+        since: &Option<(String, i64)>,
+        types: &[String],
+        limit: usize,
+    ) -> Result<pull::Page, SyncError> {
+        let (user, since, types) = (user.to_string(), since.clone(), types.to_vec());
+        let entities = self.entities.clone();
+        let max_bytes = self.limits.max_page_bytes;
+        self.store
+            .read(move |tx| Ok(pull::page(tx, &user, &entities, since.as_ref(), &types, limit, max_bytes)))
+            .await?
+    }
+
+    pub async fn conflicts(&self, user: &str, query: ConflictQuery) -> Result<Vec<u8>, SyncError> {
+        conflicts::list(&self.store, user, query).await
+    }
+
+    pub async fn resolve(&self, user: &str, conflict_id: &str, resolution: Resolution) -> Result<String, SyncError> {
+        conflicts::resolve(&self.store, &self.entities, &self.limits, user, conflict_id, resolution).await
+    }
+
+    /// Notices of every commit; callers filter by user.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.store.subscribe()
+    }
+
+    /// Forgets idempotency records older than the retention window.
+    pub async fn expire_pushes(&self) -> Result<usize, StoreError> {
+        let before = now_ms() - i64::try_from(self.limits.push_retention_hours * 3_600_000).unwrap_or(i64::MAX);
+        self.store.write(move |tx| tx.expire_pushes(before)).await
+    }
+}
+
+/// Waits until a notice for `user` arrives (true) or `deadline` passes (false).
+async fn wait_for_user(rx: &mut broadcast::Receiver<Notice>, user: &str, deadline: tokio::time::Instant) -> bool {
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return false,
+            Ok(Ok(notice)) if notice.user == user => return true,
+            Ok(Ok(_)) => {}
+            // Missed notices may include ours: look again.
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
+            Ok(Err(broadcast::error::RecvError::Closed)) => return false,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Pull: one page of a user's changes after a cursor, as response JSON.
+
+use std::io::Write as _;
+
+use serde::Deserialize;
+
+use super::{Entities, SyncError, cursor, json};
+use crate::store::Tx;
+
+/// Query parameters of `GET /api/sync/pull`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullQuery {
+    /// Cursor from a previous pull; absent means from the beginning.
+    pub since: Option<String>,
+    /// Most records in this page (default `sync.default_pull_limit`, capped at `sync.max_pull_limit`).
+    pub limit: Option<usize>,
+    /// Comma-separated entity types; absent means all.
+    pub types: Option<String>,
+    /// Seconds to wait for a change when there is none (capped at `sync.max_wait_secs`).
+    pub wait: Option<u64>,
+}
+
+pub struct Page {
+    pub body: Vec<u8>,
+    pub empty: bool,
+}
+
+pub fn since(cursor: Option<&str>) -> Result<Option<(String, i64)>, SyncError> {
+    match cursor.filter(|c| !c.is_empty()) {
+        None => Ok(None),
+        Some(c) => cursor::decode(c).map(Some).ok_or_else(|| {
+            SyncError::BadRequest(
+                "`since` is not a cursor this server issued; pass the `cursor` of a previous response".into(),
+            )
+        }),
+    }
+}
+
+pub fn types(list: &Option<String>, entities: &Entities) -> Result<Vec<String>, SyncError> {
+    let Some(list) = list else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if entities.index_of(name).is_none() {
+            return Err(SyncError::Invalid(format!("`types` names unknown entity type `{name}`")));
+        }
+        out.push(name.to_string());
+    }
+    Ok(out)
+}
+
+/// Reads one page inside a single read snapshot and renders it.
+pub fn page(
+    tx: &Tx<'_>,
+    user: &str,
+    entities: &Entities,
+    since: Option<&(String, i64)>,
+    types: &[String],
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Page, SyncError> {
+    let state = tx.sync_state()?;
+    let from = match since {
+        None => 0,
+        Some((epoch, _)) if *epoch != state.epoch => {
+            return Err(SyncError::CursorGone(
+                "this cursor comes from another database (the server was reset or restored); \
+                 discard it and pull again from the beginning"
+                    .into(),
+            ));
+        }
+        Some((_, seq)) if *seq > state.last_seq => {
+            return Err(SyncError::CursorGone(
+                "this cursor is ahead of the server's history; discard it and pull again from the beginning".into(),
+            ));
+        }
+        Some((_, seq)) => *seq,
+    };
+    let (rows, has_more) = tx.changes_since(user, from, types, limit, max_bytes)?;
+    // With nothing more to send, the cursor may move to the end of this
+    // snapshot: every change of this user up to there has been returned.
+    let next = match rows.last() {
+        Some(last) if has_more => last.seq,
+        Some(last) => last.seq.max(state.last_seq),
+        None => state.last_seq.max(from),
+    };
+
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    // Group by type in dependency order (unknown types last), keeping sequence order within a type.
+    order.sort_by_key(|&i| (entities.index_of(&rows[i].entity).unwrap_or(usize::MAX), &rows[i].entity, rows[i].seq));
+    let bytes: usize = rows.iter().map(|r| r.data.len() + r.id.len() + 80).sum();
+    let mut out = Vec::with_capacity(bytes + 128);
+    out.extend_from_slice(b"{\"changes\":{");
+    let mut current: Option<&str> = None;
+    for &i in &order {
+        let row = &rows[i];
+        if current != Some(row.entity.as_str()) {
+            if current.is_some() {
+                out.extend_from_slice(b"],");
+            }
+            json::push_str(&mut out, &row.entity);
+            out.extend_from_slice(b":[");
+            current = Some(&row.entity);
+        } else {
+            out.push(b',');
+        }
+        json::push_record(&mut out, row);
+    }
+    if current.is_some() {
+        out.push(b']');
+    }
+    out.extend_from_slice(b"},\"cursor\":");
+    json::push_str(&mut out, &cursor::encode(&state.epoch, next));
+    let _ = write!(out, ",\"hasMore\":{has_more}}}");
+    Ok(Page { body: out, empty: rows.is_empty() })
+}

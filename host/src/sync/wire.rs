@@ -1,0 +1,195 @@
+//! Parsing and validating a push body. Every problem names the record and field;
+//! a body that fails here writes nothing.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use super::{Entities, SyncError, json};
+use crate::config::SyncConfig;
+
+/// Longest record id, `pushId` or `clientId`, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// One incoming record, validated.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub id: String,
+    pub version: i64,
+    /// 0 when absent: the client believes the record is new.
+    pub base_version: i64,
+    pub deleted: bool,
+    /// The `data` object, as the client's JSON text.
+    pub data: String,
+    /// Values of the type's reference fields, in the order of `EntityType::refs`
+    /// (`None` when absent or null).
+    pub refs: Vec<Option<String>>,
+}
+
+/// A validated push: records grouped by entity type, in dependency order.
+pub struct PushRequest {
+    pub push_id: Option<String>,
+    pub body_hash: [u8; 32],
+    /// (index into `Entities::types`, records in body order)
+    pub groups: Vec<(usize, Vec<Incoming>)>,
+    pub record_count: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PushBody<'a> {
+    #[serde(default)]
+    client_id: Option<Value>,
+    #[serde(default)]
+    push_id: Option<Value>,
+    #[serde(borrow)]
+    changes: BTreeMap<String, Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordBody<'a> {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    version: Option<Value>,
+    #[serde(default)]
+    base_version: Option<Value>,
+    #[serde(default)]
+    deleted: Option<Value>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+pub fn parse_push(body: &[u8], entities: &Entities, limits: &SyncConfig) -> Result<PushRequest, SyncError> {
+    let parsed: PushBody<'_> = serde_json::from_slice(body).map_err(|e| body_error(&e))?;
+    let push_id = optional_id(parsed.push_id, "pushId")?;
+    optional_id(parsed.client_id, "clientId")?;
+
+    let record_count: usize = parsed.changes.values().map(Vec::len).sum();
+    if record_count > limits.max_records_per_push {
+        return Err(SyncError::TooLarge(format!(
+            "the push holds {record_count} records; the limit is {} (sync.max_records_per_push) — split it",
+            limits.max_records_per_push
+        )));
+    }
+    let mut groups = Vec::with_capacity(parsed.changes.len());
+    for (name, records) in &parsed.changes {
+        let index = entities
+            .index_of(name)
+            .ok_or_else(|| SyncError::Invalid(format!("changes.{name}: unknown entity type `{name}`")))?;
+        let ty = &entities.types[index];
+        let mut seen = HashSet::with_capacity(records.len());
+        let mut out = Vec::with_capacity(records.len());
+        for (i, raw) in records.iter().enumerate() {
+            let at = format!("changes.{name}[{i}]");
+            let record = parse_record(raw, &at, ty, limits)?;
+            if !seen.insert(record.id.clone()) {
+                return Err(SyncError::Invalid(format!("{at}: id {:?} appears twice in this push", record.id)));
+            }
+            out.push(record);
+        }
+        groups.push((index, out));
+    }
+    groups.sort_by_key(|(index, _)| *index);
+    Ok(PushRequest { push_id, body_hash: Sha256::digest(body).into(), groups, record_count })
+}
+
+fn body_error(e: &serde_json::Error) -> SyncError {
+    let message = e.to_string();
+    if message.contains("recursion limit") {
+        SyncError::Invalid(format!("the body is nested too deeply: {message}"))
+    } else if e.is_data() {
+        SyncError::Invalid(format!("the push body does not have the expected shape: {message}"))
+    } else {
+        SyncError::BadRequest(format!("the body is not valid JSON: {message}"))
+    }
+}
+
+fn optional_id(value: Option<Value>, field: &str) -> Result<Option<String>, SyncError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => Ok(Some(s)),
+        Some(_) => Err(SyncError::Invalid(format!("`{field}` must be a string of 1 to {MAX_ID_CHARS} characters"))),
+    }
+}
+
+fn parse_record(raw: &RawValue, at: &str, ty: &super::EntityType, limits: &SyncConfig) -> Result<Incoming, SyncError> {
+    let invalid = |what: String| SyncError::Invalid(format!("{at}: {what}"));
+    let body: RecordBody<'_> = serde_json::from_str(raw.get()).map_err(|e| {
+        if raw.get().trim_start().starts_with('{') {
+            invalid(format!("malformed record: {e}"))
+        } else {
+            invalid("a record must be a JSON object".into())
+        }
+    })?;
+    let id = match body.id {
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => s,
+        Some(Value::String(s)) if s.is_empty() => return Err(invalid("field `id` must not be empty".into())),
+        Some(Value::String(_)) => return Err(invalid(format!("field `id` is longer than {MAX_ID_CHARS} characters"))),
+        None | Some(Value::Null) => return Err(invalid("field `id` is missing".into())),
+        Some(_) => return Err(invalid("field `id` must be a string".into())),
+    };
+    let at_id = |what: &str| SyncError::Invalid(format!("{at} (id {id:?}): {what}"));
+    let version = match body.version.as_ref().and_then(Value::as_i64) {
+        Some(v) if v > 0 => v,
+        _ => return Err(at_id("field `version` must be a positive integer")),
+    };
+    let base_version = match &body.base_version {
+        None | Some(Value::Null) => 0,
+        Some(v) => match v.as_i64() {
+            Some(b) if b >= 0 => b,
+            _ => return Err(at_id("field `baseVersion` must be a non-negative integer")),
+        },
+    };
+    let deleted = match &body.deleted {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(at_id("field `deleted` must be true or false")),
+    };
+    let data = match body.data {
+        None if deleted => "{}".to_string(),
+        None => return Err(at_id("field `data` is missing (only a tombstone may omit it)")),
+        Some(raw) => {
+            let text = raw.get();
+            if !text.starts_with('{') {
+                return Err(at_id("field `data` must be a JSON object"));
+            }
+            if text.len() > limits.max_record_bytes {
+                return Err(at_id(&format!(
+                    "field `data` is {} bytes; the limit is {} (sync.max_record_bytes)",
+                    text.len(),
+                    limits.max_record_bytes
+                )));
+            }
+            if json::depth(text) > limits.max_json_depth {
+                return Err(at_id(&format!(
+                    "field `data` is nested deeper than {} levels (sync.max_json_depth)",
+                    limits.max_json_depth
+                )));
+            }
+            text.to_string()
+        }
+    };
+    let refs = if ty.refs.is_empty() { Vec::new() } else { reference_values(&data, ty).map_err(|e| at_id(&e))? };
+    Ok(Incoming { id, version, base_version, deleted, data, refs })
+}
+
+/// Reads the type's reference fields out of `data`.
+fn reference_values(data: &str, ty: &super::EntityType) -> Result<Vec<Option<String>>, String> {
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_str(data).map_err(|e| format!("field `data` is not a valid object: {e}"))?;
+    ty.refs
+        .iter()
+        .map(|r| match fields.get(&r.field) {
+            None => Ok(None),
+            Some(raw) => match serde_json::from_str::<Option<String>>(raw.get()) {
+                Ok(value) => Ok(value),
+                Err(_) => Err(format!("reference field `data.{}` must be a string id or null", r.field)),
+            },
+        })
+        .collect()
+}
