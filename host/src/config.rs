@@ -14,7 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration, one field per `config.toml` section.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -24,6 +24,18 @@ pub struct Config {
     /// Entity types by name. Empty (no `[entities]` anywhere) means the notes
     /// app's eight types, see [`default_entities`].
     pub entities: BTreeMap<String, EntityConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+            sync: SyncConfig::default(),
+            entities: default_entities(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -243,7 +255,11 @@ impl Config {
 
     /// Loads defaults, then the file (if any), then `ACCORD_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        // Entity types are not merged key by key into the defaults: a file that
+        // declares any replaces the built-in set (see `default_entities`).
+        let mut base = Config::default();
+        base.entities.clear();
+        let mut figment = Figment::from(Serialized::defaults(base));
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError(format!("config file {} does not exist", path.display())));

@@ -7,3 +7,4 @@ mod cli_config;
 mod http_basics;
 mod keys;
 mod migrations;
+mod sync_push;

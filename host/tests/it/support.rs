@@ -145,3 +145,48 @@ pub async fn expect_problem(response: Response, status: u16) -> Value {
     }
     body
 }
+
+/// POSTs a push and returns (status, body as JSON).
+pub async fn push(server: &TestServer, key: &str, body: &Value) -> (u16, Value) {
+    let r = server.post("/api/sync/push", key, body).send().await.expect("push request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("push response is JSON"))
+}
+
+/// Pushes and asserts a 200.
+pub async fn push_ok(server: &TestServer, key: &str, body: &Value) -> Value {
+    let (status, body) = push(server, key, body).await;
+    assert_eq!(status, 200, "push failed: {body}");
+    body
+}
+
+/// One pull page.
+pub async fn pull(server: &TestServer, key: &str, query: &str) -> Value {
+    let r = server.get(&format!("/api/sync/pull{query}"), key).send().await.expect("pull request");
+    assert_eq!(r.status(), 200, "pull failed");
+    r.json().await.expect("pull response is JSON")
+}
+
+/// Pulls every page from the beginning; returns all records as (type, record).
+pub async fn pull_all(server: &TestServer, key: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..10_000 {
+        let page = pull(server, key, &format!("?since={cursor}&limit=1000")).await;
+        for (ty, records) in page["changes"].as_object().expect("changes object") {
+            for r in records.as_array().expect("records array") {
+                out.push((ty.clone(), r.clone()));
+            }
+        }
+        cursor = page["cursor"].as_str().expect("cursor").to_string();
+        if page["hasMore"] == false {
+            return out;
+        }
+    }
+    panic!("pull never finished");
+}
+
+/// The result entries of a push response for one type.
+pub fn results<'a>(response: &'a Value, ty: &str) -> &'a Vec<Value> {
+    response["results"][ty].as_array().unwrap_or_else(|| panic!("no results for {ty}: {response}"))
+}
