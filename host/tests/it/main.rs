@@ -7,4 +7,5 @@ mod cli_config;
 mod http_basics;
 mod keys;
 mod migrations;
+mod sync_pull;
 mod sync_push;
