@@ -117,6 +117,8 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             println!("configuration OK ({source})");
             println!("  server.bind = {}", config.server.bind);
             println!("  database.path = {}", config.database.path.display());
+            let order = config.entity_order().map_err(|e| e.to_string())?;
+            println!("  entities = {}", order.join(", "));
             Ok(())
         }
         Command::Keys(cmd) => keys(cmd, config).await,

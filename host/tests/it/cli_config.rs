@@ -1,10 +1,9 @@
 //! Configuration layering and the `serve` process lifecycle.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{BIN, cli};
+use crate::support::{cli, spawn_serve};
 
 fn stdout_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -78,33 +77,6 @@ fn a_wrong_key_or_value_stops_startup_with_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// A `serve` child process whose listening address is read from its log.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-fn spawn_serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve").current_dir(dir).stderr(Stdio::piped()).stdout(Stdio::null());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ACCORD_")) {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().expect("spawn accord serve");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("server logged its address");
-    Served { child, addr }
-}
-
 #[tokio::test]
 async fn serve_on_defaults_then_stop_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,4 +95,30 @@ async fn serve_on_defaults_then_stop_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn entity_declarations_are_checked_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accord.toml");
+    let path = file.to_str().unwrap();
+    let cases = [
+        ("[entities.a]\nrefs = { bId = \"b\" }\n[entities.b]\nrefs = { aId = \"a\" }\n", "cycle"),
+        ("[entities.a]\nrefs = { bId = \"nowhere\" }\n", "entities.a.refs.bId"),
+        ("[entities.a]\npolicy = \"coin-flip\"\n", "entities.a.policy"),
+        ("[entities.a]\nrefz = {}\n", "refz"),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&file, text).unwrap();
+        let out = cli(&["check-config", "--config", path], &[], None);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(stderr_of(&out).contains(needle), "{text}: {}", stderr_of(&out));
+    }
+    // A file that declares entities replaces the built-in eight.
+    std::fs::write(&file, "[entities.notes]\n[entities.tags]\nrefs = { noteId = \"notes\" }\n").unwrap();
+    let out = cli(&["check-config", "--config", path], &[], None);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("entities = notes, tags"), "{}", stdout_of(&out));
+    let out = cli(&["check-config"], &[], Some(dir.path()));
+    assert!(stdout_of(&out).contains("contexts, imageBlobs, notebooks, pages"), "{}", stdout_of(&out));
 }

@@ -7,5 +7,6 @@ mod cli_config;
 mod http_basics;
 mod keys;
 mod migrations;
+mod sync_crash;
 mod sync_pull;
 mod sync_push;

@@ -1,7 +1,9 @@
 //! Test helpers: an in-process server on 127.0.0.1:0 with a temp database, and the CLI.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use accord::config::Config;
 use reqwest::{Client, RequestBuilder, Response};
@@ -189,4 +191,70 @@ pub async fn pull_all(server: &TestServer, key: &str) -> Vec<(String, Value)> {
 /// The result entries of a push response for one type.
 pub fn results<'a>(response: &'a Value, ty: &str) -> &'a Vec<Value> {
     response["results"][ty].as_array().unwrap_or_else(|| panic!("no results for {ty}: {response}"))
+}
+
+/// A `serve` child process whose listening address is read from its log.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+}
+
+pub fn spawn_serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").current_dir(dir).stderr(Stdio::piped()).stdout(Stdio::null());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ACCORD_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("spawn accord serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("server logged its address");
+    Served { child, addr }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server in another process, reached by address.
+pub struct RemoteServer {
+    base: String,
+    client: Client,
+}
+
+impl RemoteServer {
+    pub fn new(addr: &str) -> RemoteServer {
+        RemoteServer { base: format!("http://{addr}"), client: Client::new() }
+    }
+
+    pub async fn pull_all(&self, key: &str) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..10_000 {
+            let url = format!("{}/api/sync/pull?since={cursor}&limit=1000", self.base);
+            let page: Value =
+                self.client.get(url).bearer_auth(key).send().await.expect("pull").json().await.expect("json");
+            for (ty, records) in page["changes"].as_object().expect("changes") {
+                for r in records.as_array().expect("array") {
+                    out.push((ty.clone(), r.clone()));
+                }
+            }
+            cursor = page["cursor"].as_str().expect("cursor").to_string();
+            if page["hasMore"] == false {
+                return out;
+            }
+        }
+        panic!("pull never finished");
+    }
 }
