@@ -126,7 +126,7 @@ pub async fn resolve(
     }
     let (user, id) = (user.to_string(), conflict_id.to_string());
     let histories: Vec<(String, u32)> = entities.types.iter().map(|t| (t.name.clone(), t.history)).collect();
-    let outcome = store
+    store
         .write_notifying(move |tx| {
             let Some(conflict) = tx.conflict(&user, &id)? else {
                 return Ok((Err(SyncError::NotFound("no conflict with this id".into())), None));
@@ -170,6 +170,5 @@ pub async fn resolve(
             let body = String::from_utf8_lossy(&out).into_owned();
             Ok((Ok(body), Some(Notice { user, seq })))
         })
-        .await?;
-    outcome
+        .await?
 }

@@ -1,0 +1,333 @@
+//! `accord-bench`: measures the Accord server over real HTTP on 127.0.0.1.
+//!
+//! Each scenario starts the server as a child process (this same binary in
+//! its hidden `server` mode) on a fresh temporary database, so the server's
+//! peak RSS can be read from /proc. Every loop is bounded in count and time.
+#![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use accord::auth::{Scope, apikey};
+use accord::config::Config;
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks for the Accord sync server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// First sync: push N records of ~1 KB in pushes of `batch`, then pull them in pages of `page`.
+    FirstSync {
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        records: Vec<usize>,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 1000)]
+        page: usize,
+    },
+    /// Concurrent clients each pushing small batches of new records.
+    Concurrent {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 10)]
+        records_per_push: usize,
+    },
+    /// The ceiling: raw rusqlite writing and reading the same rows, no HTTP.
+    RawSqlite {
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+    /// Everything above with default arguments.
+    All,
+    /// (internal) run the server on a database and print its address.
+    #[command(hide = true)]
+    Server { db: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        match cli.command {
+            Command::Server { db } => run_server(db).await,
+            Command::FirstSync { records, batch, page } => {
+                for n in records {
+                    first_sync(n, batch, page).await;
+                }
+            }
+            Command::Concurrent { clients, seconds, records_per_push } => {
+                concurrent(clients, seconds, records_per_push).await;
+            }
+            Command::RawSqlite { records, batch } => raw_sqlite(records, batch),
+            Command::All => {
+                raw_sqlite(100_000, 500);
+                first_sync(10_000, 500, 1000).await;
+                first_sync(100_000, 500, 1000).await;
+                concurrent(16, 10, 10).await;
+            }
+        }
+    });
+}
+
+async fn run_server(db: PathBuf) {
+    let mut config = Config::default();
+    config.database.path = db;
+    let store = accord::server::open_store(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("listening {}", listener.local_addr().unwrap());
+    accord::server::serve_on(config, store, listener, accord::server::shutdown_signal()).await.unwrap();
+}
+
+/// A server child process on a fresh database, with a key for user `bench`.
+struct Server {
+    child: tokio::process::Child,
+    base: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("bench.db");
+        let mut config = Config::default();
+        config.database.path = db.clone();
+        let store = accord::server::open_store(&config).await.unwrap();
+        let (_, key) = apikey::issue(&store, "bench", "bench", &[Scope::SyncRead, Scope::SyncWrite]).await.unwrap();
+        store.close().await;
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .arg("server")
+            .arg(&db)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+        let addr = line.strip_prefix("listening ").unwrap().to_string();
+        Server { child, base: format!("http://{addr}"), key, _dir: dir }
+    }
+
+    /// Peak resident set size of the server process so far, in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.id().unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+/// A ~1 KB record body.
+fn record(id: &str, n: usize) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "version": 1,
+        "data": {
+            "title": format!("Record number {n}"),
+            "body": "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor. ".repeat(11),
+            "n": n,
+            "tags": ["alpha", "beta", "gamma"],
+        }
+    })
+}
+
+fn push_bodies(prefix: &str, n: usize, batch: usize) -> Vec<String> {
+    (0..n)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let records: Vec<_> = chunk.iter().map(|&i| record(&format!("{prefix}-{i:08}"), i)).collect();
+            serde_json::json!({"clientId": "bench", "pushId": format!("{prefix}-push-{b}"), "changes": {"pages": records}})
+                .to_string()
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PullPage<'a> {
+    #[serde(borrow)]
+    changes: HashMap<String, Vec<&'a RawValue>>,
+    cursor: String,
+    has_more: bool,
+}
+
+async fn first_sync(n: usize, batch: usize, page: usize) {
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    let bodies = push_bodies("fs", n, batch);
+    let bytes: usize = bodies.iter().map(String::len).sum();
+
+    let started = Instant::now();
+    for body in bodies {
+        let r = client
+            .post(format!("{}/api/sync/push", server.base))
+            .bearer_auth(&server.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "push failed");
+        r.bytes().await.unwrap();
+    }
+    let push_secs = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let (mut cursor, mut pulled) = (String::new(), 0usize);
+    for _ in 0..(n / page + 10) {
+        let url = format!("{}/api/sync/pull?since={cursor}&limit={page}", server.base);
+        let body = client.get(url).bearer_auth(&server.key).send().await.unwrap().bytes().await.unwrap();
+        let parsed: PullPage<'_> = serde_json::from_slice(&body).unwrap();
+        pulled += parsed.changes.values().map(Vec::len).sum::<usize>();
+        cursor = parsed.cursor;
+        if !parsed.has_more {
+            break;
+        }
+    }
+    let pull_secs = started.elapsed().as_secs_f64();
+    assert_eq!(pulled, n, "pulled back every record");
+    println!(
+        "first-sync n={n} batch={batch} page={page} body={:.1} MB: push {:.0} records/s ({push_secs:.2} s), \
+         pull {:.0} records/s ({pull_secs:.2} s), server peak RSS {:.0} MiB",
+        bytes as f64 / 1e6,
+        n as f64 / push_secs,
+        n as f64 / pull_secs,
+        server.peak_rss_mib()
+    );
+}
+
+async fn concurrent(clients: usize, seconds: u64, per_push: usize) {
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, base, key) = (client.clone(), server.base.clone(), server.key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            // Bounded by time and by count.
+            for n in 0..1_000_000usize {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let records: Vec<_> = (0..per_push).map(|i| record(&format!("c{c}-{n}-{i}"), i)).collect();
+                let body =
+                    serde_json::json!({"pushId": format!("c{c}-{n}"), "changes": {"pages": records}}).to_string();
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{base}/api/sync/push"))
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    println!(
+        "concurrent clients={clients} records/push={per_push} {secs:.1} s: {:.0} pushes/s, p50 {:.1} ms, p99 {:.1} ms, \
+         server peak RSS {:.0} MiB",
+        all.len() as f64 / secs,
+        pct(0.50),
+        pct(0.99),
+        server.peak_rss_mib()
+    );
+}
+
+fn raw_sqlite(n: usize, batch: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |path: &Path, per_tx: usize| -> f64 {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn.execute_batch(
+            "CREATE TABLE records (user_id TEXT NOT NULL, entity TEXT NOT NULL, id TEXT NOT NULL,
+               version INTEGER NOT NULL, deleted INTEGER NOT NULL, data TEXT NOT NULL,
+               updated_at INTEGER NOT NULL, seq INTEGER NOT NULL) STRICT;
+             CREATE UNIQUE INDEX records_key ON records (user_id, entity, id);
+             CREATE UNIQUE INDEX records_by_seq ON records (user_id, seq);",
+        )
+        .unwrap();
+        let rows: Vec<(String, String)> =
+            (0..n).map(|i| (format!("raw-{i:08}"), record("x", i)["data"].to_string())).collect();
+        let started = Instant::now();
+        for (b, chunk) in rows.chunks(per_tx).enumerate() {
+            let tx = conn.unchecked_transaction().unwrap();
+            {
+                let mut stmt =
+                    tx.prepare_cached("INSERT INTO records VALUES ('bench', 'pages', ?1, 1, 0, ?2, 0, ?3)").unwrap();
+                for (i, (id, data)) in chunk.iter().enumerate() {
+                    stmt.execute((id, data, (b * per_tx + i) as i64)).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        started.elapsed().as_secs_f64()
+    };
+    let batched = run(&dir.path().join("batched.db"), batch);
+    let single = run(&dir.path().join("single.db"), n);
+
+    let conn = rusqlite::Connection::open(dir.path().join("batched.db")).unwrap();
+    let started = Instant::now();
+    let (mut after, mut read) = (-1i64, 0usize);
+    for _ in 0..(n / 1000 + 10) {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, version, data, seq FROM records WHERE user_id = 'bench' AND seq > ?1 ORDER BY seq LIMIT 1000",
+            )
+            .unwrap();
+        let mut rows = stmt.query([after]).unwrap();
+        let mut got = 0;
+        while let Some(row) = rows.next().unwrap() {
+            let _id: String = row.get(0).unwrap();
+            let _data: String = row.get(2).unwrap();
+            after = row.get(3).unwrap();
+            got += 1;
+        }
+        read += got;
+        if got == 0 {
+            break;
+        }
+    }
+    let read_secs = started.elapsed().as_secs_f64();
+    println!(
+        "raw-sqlite n={n}: insert {:.0} rows/s (transactions of {batch}), {:.0} rows/s (one transaction), \
+         read {:.0} rows/s (pages of 1000)",
+        n as f64 / batched,
+        n as f64 / single,
+        read as f64 / read_secs
+    );
+}
