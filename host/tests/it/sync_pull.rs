@@ -307,3 +307,15 @@ async fn long_poll_answers_when_a_change_arrives() {
     let page = pull(&server, &key, &format!("?since={cursor}&wait=1")).await;
     assert!(page["changes"].as_object().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn event_streams_end_on_shutdown() {
+    let server = TestServer::start().await;
+    let key = server.cli_key("alice", &[]);
+    let mut stream = server.get("/api/sync/events", &key).send().await.unwrap().bytes_stream();
+    let stopping = tokio::spawn(server.stop());
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), async { while let Some(Ok(_)) = stream.next().await {} }).await;
+    assert!(ended.is_ok(), "the event stream did not end on shutdown");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("server stopped").unwrap();
+}
