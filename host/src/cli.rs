@@ -96,16 +96,35 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command, config, file)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure::Config(message)) => {
+            eprintln!("accord: {message}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Other(message)) => {
             eprintln!("accord: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<(), String> {
+/// How a command failed: configuration problems exit with code 2.
+enum Failure {
+    Config(String),
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Other(message)
+    }
+}
+
+async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<(), Failure> {
     match command {
-        Command::Serve => server::serve(config, server::shutdown_signal()).await.map_err(|e| e.to_string()),
+        Command::Serve => server::serve(config, server::shutdown_signal()).await.map_err(|e| match e {
+            server::ServeError::Policy(_) => Failure::Config(e.to_string()),
+            other => Failure::Other(other.to_string()),
+        }),
         Command::Migrate => {
             let store = server::open_store(&config).await.map_err(|e| e.to_string())?;
             println!("database {} is at schema version {}", store.path().display(), store::latest_version());
@@ -117,11 +136,15 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             println!("configuration OK ({source})");
             println!("  server.bind = {}", config.server.bind);
             println!("  database.path = {}", config.database.path.display());
-            let order = config.entity_order().map_err(|e| e.to_string())?;
+            let order = config.entity_order().map_err(|e| Failure::Config(e.to_string()))?;
             println!("  entities = {}", order.join(", "));
+            let policies = server::load_policies(&config).await.map_err(|e| Failure::Config(e.to_string()))?;
+            for (entity, binding) in &policies.current().bindings {
+                println!("  {entity}: {} ({})", binding.policy.name, binding.policy.source);
+            }
             Ok(())
         }
-        Command::Keys(cmd) => keys(cmd, config).await,
+        Command::Keys(cmd) => Ok(keys(cmd, config).await?),
     }
 }
 

@@ -21,9 +21,47 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub sync: SyncConfig,
+    pub policies: PoliciesConfig,
     /// Entity types by name. Empty (no `[entities]` anywhere) means the notes
     /// app's eight types, see [`default_entities`].
     pub entities: BTreeMap<String, EntityConfig>,
+    /// The file this configuration was read from, if any (for reloads).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Folder of `<name>.wasm` policy components; a file here overrides the built-in of that name.
+    pub dir: PathBuf,
+    /// Where compiled components are cached; default `<database folder>/policy-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// CPU time one policy call may take, in milliseconds.
+    pub cpu_ms: u64,
+    /// Memory one policy instance may use, in MiB.
+    pub memory_mib: usize,
+    /// WebAssembly stack of one call, in KiB.
+    pub stack_kib: usize,
+    /// Reload policies when a `.wasm` in `dir` or the config file changes.
+    pub watch: bool,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        // 50 ms: a field merge of a 1 KB record takes ~20 µs, so this only ever
+        // stops a runaway policy, while bounding how long one bad record can
+        // hold the writer. 16 MiB: a few copies of the largest record plus the
+        // guest's heap. 512 KiB of stack: deep enough for recursive JSON code.
+        Self {
+            dir: PathBuf::from("./policies"),
+            cache_dir: None,
+            cpu_ms: 50,
+            memory_mib: 16,
+            stack_kib: 512,
+            watch: true,
+        }
+    }
 }
 
 impl Default for Config {
@@ -33,7 +71,9 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             sync: SyncConfig::default(),
+            policies: PoliciesConfig::default(),
             entities: default_entities(),
+            file: None,
         }
     }
 }
@@ -88,12 +128,23 @@ pub struct EntityConfig {
     pub refs: BTreeMap<String, String>,
     /// Earlier versions kept per record; default `sync.history`.
     pub history: Option<u32>,
-    /// The merge rule: `version-wins` (default) or `compare-and-set`.
+    /// The merge policy: a `<name>.wasm` in `policies.dir` or a built-in (default `field-merge`).
     pub policy: Option<String>,
+    /// Settings handed to the policy as a JSON object.
+    pub policy_settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Merge rules this build knows.
-pub const POLICIES: [&str; 2] = ["version-wins", "compare-and-set"];
+impl EntityConfig {
+    /// `policy_settings` as JSON object text (`{}` when absent).
+    pub fn settings_json(&self) -> String {
+        self.policy_settings
+            .as_ref()
+            .map_or_else(|| "{}".to_string(), |m| serde_json::Value::Object(m.clone()).to_string())
+    }
+}
+
+/// The policy of an entity type that names none.
+pub const DEFAULT_POLICY: &str = "field-merge";
 
 /// The notes app's entity types, used when the configuration declares none.
 pub fn default_entities() -> BTreeMap<String, EntityConfig> {
@@ -101,16 +152,17 @@ pub fn default_entities() -> BTreeMap<String, EntityConfig> {
         refs: refs.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect(),
         history: None,
         policy: Some(policy.to_string()),
+        policy_settings: None,
     };
     BTreeMap::from([
-        ("contexts".to_string(), entity(&[], "compare-and-set")),
-        ("topics".to_string(), entity(&[("contextId", "contexts")], "compare-and-set")),
-        ("historyEntries".to_string(), entity(&[("topicId", "topics")], "compare-and-set")),
+        ("contexts".to_string(), entity(&[], "field-merge")),
+        ("topics".to_string(), entity(&[("contextId", "contexts")], "field-merge")),
+        ("historyEntries".to_string(), entity(&[("topicId", "topics")], "append-only")),
         ("ratings".to_string(), entity(&[("topicId", "topics")], "version-wins")),
-        ("imageBlobs".to_string(), entity(&[], "compare-and-set")),
-        ("pages".to_string(), entity(&[], "compare-and-set")),
-        ("notebooks".to_string(), entity(&[], "compare-and-set")),
-        ("pageNotebooks".to_string(), entity(&[("pageId", "pages"), ("notebookId", "notebooks")], "compare-and-set")),
+        ("imageBlobs".to_string(), entity(&[], "append-only")),
+        ("pages".to_string(), entity(&[], "field-merge")),
+        ("notebooks".to_string(), entity(&[], "field-merge")),
+        ("pageNotebooks".to_string(), entity(&[("pageId", "pages"), ("notebookId", "notebooks")], "tombstone-wins")),
     ])
 }
 
@@ -271,6 +323,7 @@ impl Config {
         if config.entities.is_empty() {
             config.entities = default_entities();
         }
+        config.file = file.map(Path::to_path_buf);
         config.validate()?;
         Ok(config)
     }
@@ -307,6 +360,15 @@ impl Config {
                 return bad(key, "must be greater than 0");
             }
         }
+        if self.policies.cpu_ms == 0 {
+            return bad("policies.cpu_ms", "must be greater than 0");
+        }
+        if self.policies.memory_mib == 0 {
+            return bad("policies.memory_mib", "must be greater than 0");
+        }
+        if self.policies.stack_kib < 64 {
+            return bad("policies.stack_kib", "must be at least 64");
+        }
         if s.heartbeat_secs == 0 {
             return bad("sync.heartbeat_secs", "must be greater than 0");
         }
@@ -320,13 +382,17 @@ impl Config {
             if !valid_name {
                 return bad(&format!("entities.{name}"), "an entity type name is 1-64 letters, digits, `_` or `-`");
             }
-            if let Some(policy) = &entity.policy
-                && !POLICIES.contains(&policy.as_str())
-            {
-                return bad(
-                    &format!("entities.{name}.policy"),
-                    &format!("unknown policy `{policy}`; known: {}", POLICIES.join(", ")),
-                );
+            if let Some(policy) = &entity.policy {
+                let valid =
+                    !policy.is_empty() && policy.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !valid {
+                    return bad(
+                        &format!("entities.{name}.policy"),
+                        &format!(
+                            "`{policy}` is not a policy name (letters, digits, `_`, `-`; the file is <name>.wasm)"
+                        ),
+                    );
+                }
             }
             for (field, target) in &entity.refs {
                 if !self.entities.contains_key(target) {

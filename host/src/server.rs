@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use crate::auth::UsageRecorder;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::policy::{self, Policies, PolicyError};
 use crate::store::{Store, StoreError};
 use crate::sync::{SetupError, SyncCore};
 
@@ -18,6 +19,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -28,6 +31,15 @@ pub enum ServeError {
 pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
     let db = config.database.clone();
     tokio::task::spawn_blocking(move || Store::open(&db)).await.map_err(|_| StoreError::Closed)?
+}
+
+/// Creates the policy runtime and loads every entity type's policy (compiling
+/// off the async runtime; cached compilations make this fast after the first start).
+pub async fn load_policies(config: &Config) -> Result<Arc<Policies>, PolicyError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || policy::load_all(&config))
+        .await
+        .map_err(|e| PolicyError::Runtime(format!("loader task failed: {e}")))?
 }
 
 /// Binds `server.bind` and serves until `shutdown` resolves.
@@ -48,11 +60,14 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let policies = load_policies(&config).await?;
     let (usage, usage_task) = UsageRecorder::start(store.clone());
-    let sync = SyncCore::new(store.clone(), &config).await?;
+    let sync = SyncCore::new(store.clone(), &config, policies.clone()).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let janitor = tokio::spawn(expire_pushes(sync.clone()));
-    let state = AppState { config: Arc::new(config), store: store.clone(), usage, sync, shutdown: shutdown_rx };
+    let config = Arc::new(config);
+    policy::reload::spawn_reloaders(policies, config.clone(), shutdown_rx.clone());
+    let state = AppState { config, store: store.clone(), usage, sync, shutdown: shutdown_rx };
     let router = http::app(state);
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %store.path().display(), "accord listening");

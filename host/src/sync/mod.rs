@@ -19,10 +19,10 @@ use base64::Engine as _;
 use tokio::sync::broadcast;
 
 use crate::config::{Config, ConfigError, SyncConfig};
+use crate::policy::Policies;
 use crate::store::{Notice, Store, StoreError, now_ms};
 
 pub use conflicts::{ConflictQuery, Resolution};
-pub use policy::Rule;
 pub use pull::PullQuery;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,6 @@ pub struct EntityType {
     pub name: String,
     pub refs: Vec<Reference>,
     pub history: u32,
-    pub rule: Rule,
 }
 
 /// The declared entity types, in dependency order (parents first).
@@ -96,8 +95,7 @@ impl Entities {
                         target_index: order.iter().position(|n| n == target).unwrap_or(usize::MAX),
                     })
                     .collect();
-                let rule = Rule::from_name(e.policy.as_deref().unwrap_or("version-wins")).unwrap_or(Rule::VersionWins);
-                EntityType { name: name.clone(), refs, history: e.history.unwrap_or(config.sync.history), rule }
+                EntityType { name: name.clone(), refs, history: e.history.unwrap_or(config.sync.history) }
             })
             .collect();
         Ok(Entities { types })
@@ -116,6 +114,7 @@ pub struct SyncCore {
     limits: Arc<SyncConfig>,
     /// This database's identity, part of every cursor.
     epoch: Arc<str>,
+    policies: Arc<Policies>,
 }
 
 /// A random public id (conflicts): 16 base64url characters.
@@ -132,10 +131,14 @@ fn new_id() -> String {
 }
 
 impl SyncCore {
-    pub async fn new(store: Store, config: &Config) -> Result<SyncCore, SetupError> {
+    pub async fn new(store: Store, config: &Config, policies: Arc<Policies>) -> Result<SyncCore, SetupError> {
         let entities = Arc::new(Entities::from_config(config)?);
         let epoch = store.read(|tx| tx.sync_state()).await?.epoch;
-        Ok(SyncCore { store, entities, limits: Arc::new(config.sync.clone()), epoch: epoch.into() })
+        Ok(SyncCore { store, entities, limits: Arc::new(config.sync.clone()), epoch: epoch.into(), policies })
+    }
+
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
     }
 
     /// The cursor that stands for "up to sequence `seq`".
@@ -154,11 +157,13 @@ impl SyncCore {
     pub async fn push(&self, user: &str, body: &[u8]) -> Result<String, SyncError> {
         let request = wire::parse_push(body, &self.entities, &self.limits)?;
         let entities = self.entities.clone();
+        // In-flight pushes finish on the policy set they started with, whatever a reload does.
+        let policies = self.policies.current();
         let user = user.to_string();
         let applied = self
             .store
             .write_notifying(move |tx| {
-                let applied = push::apply(tx, &user, &entities, &request, now_ms())?;
+                let applied = push::apply(tx, &user, &entities, &policies, &request, now_ms())?;
                 let notice = match &applied {
                     push::Applied::Fresh { wrote_up_to: Some(seq), .. } => Some(Notice { user, seq: *seq }),
                     _ => None,

@@ -6,6 +6,7 @@ use std::io::Write as _;
 use super::policy::{Decision, MergeInput};
 use super::wire::{Incoming, PushRequest};
 use super::{Entities, EntityType, cursor, json};
+use crate::policy::PolicySet;
 use crate::store::{NewConflict, RecordRow, StoreError, Tx};
 
 /// How a push ended inside the transaction.
@@ -22,11 +23,18 @@ enum Outcome {
     Applied(i64),
     Unchanged(i64),
     Merged(RecordRow),
-    Conflict { server: RecordRow, conflict_id: String, reason: String },
+    Conflict { server: Option<RecordRow>, conflict_id: String, reason: String },
     Rejected(String),
 }
 
-pub fn apply(tx: &Tx<'_>, user: &str, entities: &Entities, req: &PushRequest, now: i64) -> Result<Applied, StoreError> {
+pub fn apply(
+    tx: &Tx<'_>,
+    user: &str,
+    entities: &Entities,
+    policies: &PolicySet,
+    req: &PushRequest,
+    now: i64,
+) -> Result<Applied, StoreError> {
     if let Some(push_id) = &req.push_id
         && let Some((hash, response)) = tx.logged_push(user, push_id)?
     {
@@ -48,7 +56,7 @@ pub fn apply(tx: &Tx<'_>, user: &str, entities: &Entities, req: &PushRequest, no
         for (i, incoming) in records.iter().enumerate() {
             let outcome = match check_refs(tx, user, ty, incoming, &fate)? {
                 Some(reason) => Outcome::Rejected(reason),
-                None => decide_and_write(tx, user, ty, incoming, now, &mut seq)?,
+                None => decide_and_write(tx, user, ty, *type_index, policies, incoming, now, &mut seq)?,
             };
             fate.insert((*type_index, incoming.id.as_str()), !matches!(outcome, Outcome::Rejected(_)));
             if i > 0 {
@@ -98,10 +106,13 @@ fn check_refs(
     Ok(None)
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
 fn decide_and_write(
     tx: &Tx<'_>,
     user: &str,
     ty: &EntityType,
+    type_index: usize,
+    policies: &PolicySet,
     incoming: &Incoming,
     now: i64,
     seq: &mut i64,
@@ -115,7 +126,7 @@ fn decide_and_write(
         return Ok(Outcome::Unchanged(s.version));
     }
     let base = match &server {
-        Some(s) if ty.rule.needs_base() && incoming.base_version > 0 => {
+        Some(s) if incoming.base_version > 0 => {
             if s.version == incoming.base_version {
                 Some(s.clone())
             } else {
@@ -125,7 +136,7 @@ fn decide_and_write(
         _ => None,
     };
     let input = MergeInput { entity: &ty.name, user, server: server.as_ref(), base: base.as_ref(), incoming };
-    let decision = ty.rule.decide(&input);
+    let decision = policies.decide(type_index, &input);
     let version = server.as_ref().map_or(incoming.version, |s| (s.version + 1).max(incoming.version));
     let mut store_as = |data: &str, deleted: bool| -> Result<RecordRow, StoreError> {
         *seq += 1;
@@ -145,30 +156,29 @@ fn decide_and_write(
         Decision::Accept => Outcome::Applied(store_as(&incoming.data, incoming.deleted)?.version),
         Decision::Merged { data, deleted } => Outcome::Merged(store_as(&data, deleted)?),
         Decision::Reject(reason) => Outcome::Rejected(reason),
-        Decision::Conflict(reason) => match server {
-            // A rule may only keep the server's record if there is one; otherwise accept.
-            None => Outcome::Applied(store_as(&incoming.data, incoming.deleted)?.version),
-            Some(server) => {
-                let conflict_id = super::new_id();
-                let incoming_json = incoming_wire(incoming);
-                let mut server_json = Vec::new();
-                json::push_record(&mut server_json, &server);
-                let server_json = String::from_utf8_lossy(&server_json);
-                tx.insert_conflict(
-                    user,
-                    &NewConflict {
-                        id: &conflict_id,
-                        entity: &ty.name,
-                        record_id: &incoming.id,
-                        incoming: &incoming_json,
-                        server: Some(&server_json),
-                        reason: &reason,
-                        created_at: now,
-                    },
-                )?;
-                Outcome::Conflict { server, conflict_id, reason }
-            }
-        },
+        Decision::Conflict(reason) => {
+            // Never dropped: the incoming record goes to the conflicts table.
+            let conflict_id = super::new_id();
+            let incoming_json = incoming_wire(incoming);
+            let server_json = server.as_ref().map(|s| {
+                let mut out = Vec::new();
+                json::push_record(&mut out, s);
+                String::from_utf8_lossy(&out).into_owned()
+            });
+            tx.insert_conflict(
+                user,
+                &NewConflict {
+                    id: &conflict_id,
+                    entity: &ty.name,
+                    record_id: &incoming.id,
+                    incoming: &incoming_json,
+                    server: server_json.as_deref(),
+                    reason: &reason,
+                    created_at: now,
+                },
+            )?;
+            Outcome::Conflict { server, conflict_id, reason }
+        }
     })
 }
 
@@ -202,8 +212,11 @@ fn push_result(out: &mut Vec<u8>, id: &str, outcome: &Outcome) {
             json::push_record(out, row);
         }
         Outcome::Conflict { server, conflict_id, reason } => {
-            let _ = write!(out, ",\"status\":\"conflict\",\"serverVersion\":{},\"record\":", server.version);
-            json::push_record(out, server);
+            out.extend_from_slice(b",\"status\":\"conflict\"");
+            if let Some(server) = server {
+                let _ = write!(out, ",\"serverVersion\":{},\"record\":", server.version);
+                json::push_record(out, server);
+            }
             out.extend_from_slice(b",\"conflictId\":");
             json::push_str(out, conflict_id);
             out.extend_from_slice(b",\"reason\":");

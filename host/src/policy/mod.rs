@@ -1,0 +1,393 @@
+//! Merge policies as WebAssembly components (wasmtime, component model).
+//!
+//! Each policy is compiled once (and cached on disk by wasmtime, keyed by the
+//! component's hash, so a restart does not recompile), pre-linked into an
+//! `InstancePre`, and called on a reused instance. Every call gets a fresh CPU
+//! deadline; every instance has a memory cap and a bounded stack. A call that
+//! traps, times out, runs out of memory or returns invalid output is a
+//! [`PolicyFailure`]: its instance is thrown away (wasmtime will not re-enter a
+//! trapped instance) and the next call builds a fresh one. Policies know WIT,
+//! not HTTP, and never see the database.
+
+mod bindings;
+pub mod builtin;
+pub mod reload;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+
+use crate::config::{Config, PoliciesConfig};
+use crate::store::now_ms;
+use crate::sync::policy::{Decision, MergeInput};
+use sandbox::Sandbox;
+
+pub use bindings::WORLD;
+
+/// The epoch ticks once a millisecond; a call's deadline is `cpu_ms` ticks.
+const TICK: Duration = Duration::from_millis(1);
+/// A reused instance is replaced after this many calls, so guest-side leaks stay bounded.
+const CALLS_PER_INSTANCE: u64 = 10_000;
+/// Longest reason text kept from a policy.
+const MAX_REASON: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot set up the policy runtime: {0}")]
+    Runtime(String),
+    #[error("{what}: cannot read {path}: {source}")]
+    Read { what: String, path: PathBuf, source: std::io::Error },
+    #[error("{what}: {origin} is not a valid WebAssembly component: {reason}")]
+    Invalid { what: String, origin: String, reason: String },
+    #[error("{what}: {origin} does not implement {WORLD}: {reason}")]
+    WrongWorld { what: String, origin: String, reason: String },
+    #[error("{what}: no policy named `{name}` (looked for {path}; built-ins are {builtins})")]
+    Unknown { what: String, name: String, path: PathBuf, builtins: String },
+}
+
+/// Why one call failed; becomes a `conflict` with reason `policy failed: …`.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFailure {
+    #[error("exceeded its CPU limit of {0} ms")]
+    Timeout(u64),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("returned invalid output: {0}")]
+    InvalidOutput(String),
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+/// Limits applied to every policy call, from `[policies]`.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub cpu_ms: u64,
+    pub memory_bytes: usize,
+    pub max_output_bytes: usize,
+}
+
+/// The engine, the linker (WASI sandbox) and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    limits: Limits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(
+        config: &PoliciesConfig,
+        cache_dir: &Path,
+        max_output_bytes: usize,
+    ) -> Result<Arc<Runtime>, PolicyError> {
+        let err = |e: wasmtime::Error| PolicyError::Runtime(format!("{e:#}"));
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true);
+        wasm.epoch_interruption(true);
+        wasm.max_wasm_stack(config.stack_kib * 1024);
+        // Compiled components are cached on disk keyed by their hash (and the
+        // engine's settings), so loading a known policy takes about a millisecond.
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(cache_dir);
+        wasm.cache(Some(wasmtime::Cache::new(cache).map_err(err)?));
+        let engine = Engine::new(&wasm).map_err(err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (weak, stop) = (engine.weak(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("accord-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| PolicyError::Runtime(e.to_string()))?;
+        let limits = Limits { cpu_ms: config.cpu_ms, memory_bytes: config.memory_mib * 1024 * 1024, max_output_bytes };
+        Ok(Arc::new(Runtime { engine, linker, limits, ticker_stop }))
+    }
+
+    /// Compiles (or loads from cache) and checks a component. `what` names the
+    /// entity type or command for error messages; `source` the file or built-in.
+    pub fn load(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        source: &str,
+        what: &str,
+    ) -> Result<Arc<Policy>, PolicyError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| PolicyError::Invalid {
+            what: what.into(),
+            origin: source.into(),
+            reason: format!("{e:#}"),
+        })?;
+        let wrong = |e: wasmtime::Error| PolicyError::WrongWorld {
+            what: what.into(),
+            origin: source.into(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
+        let pre = bindings::PolicyPre::new(pre).map_err(wrong)?;
+        Ok(Arc::new(Policy {
+            name: name.into(),
+            source: source.into(),
+            sha256: hex(&Sha256::digest(bytes)),
+            loaded_at: now_ms(),
+            runtime: self.clone(),
+            pre,
+            live: Mutex::new(None),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A live instance and how many calls it has served.
+struct Live {
+    store: Store<Sandbox>,
+    instance: bindings::Policy,
+    calls: u64,
+}
+
+/// One loaded policy component.
+pub struct Policy {
+    pub name: String,
+    /// The file it came from, or `built-in`.
+    pub source: String,
+    pub sha256: String,
+    pub loaded_at: i64,
+    runtime: Arc<Runtime>,
+    pre: bindings::PolicyPre<Sandbox>,
+    live: Mutex<Option<Live>>,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Policy {
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn instantiate(&self) -> Result<Live, PolicyFailure> {
+        let mut store = Store::new(&self.runtime.engine, Sandbox::new(self.runtime.limits.memory_bytes));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.runtime.limits.cpu_ms.max(1));
+        let instance = self.pre.instantiate(&mut store).map_err(|e| PolicyFailure::Instantiate(format!("{e:#}")))?;
+        Ok(Live { store, instance, calls: 0 })
+    }
+
+    /// Runs the policy on one record. Blocking; call it off the async runtime.
+    pub fn decide(&self, input: &MergeInput<'_>, settings: &str) -> Result<Decision, PolicyFailure> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.call(input, settings);
+        if let Err(failure) = &result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(policy = %self.name, source = %self.source, entity = input.entity, record = %input.incoming.id,
+                error = %failure, "policy call failed; the record is kept as a conflict");
+        }
+        result
+    }
+
+    fn call(&self, input: &MergeInput<'_>, settings: &str) -> Result<Decision, PolicyFailure> {
+        // A poisoned lock only means an earlier call panicked in the host; the slot is still usable.
+        let mut slot = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = match slot.take() {
+            Some(live) if live.calls < CALLS_PER_INSTANCE => live,
+            _ => self.instantiate()?,
+        };
+        let limits = &self.runtime.limits;
+        // The deadline is set right before each call, never once per instance.
+        live.store.set_epoch_deadline(limits.cpu_ms.max(1));
+        let wit_input = bindings::to_wit(input, settings);
+        match live.instance.call_decide(&mut live.store, &wit_input) {
+            Ok(decision) => {
+                live.calls += 1;
+                *slot = Some(live);
+                validate(bindings::from_wit(decision), limits)
+            }
+            // The instance is dropped here: a trapped instance is never re-entered.
+            Err(e) => Err(match e.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => PolicyFailure::Timeout(limits.cpu_ms),
+                _ => PolicyFailure::Trap(format!("{e:#}")),
+            }),
+        }
+    }
+}
+
+/// Checks what a policy returned before the host trusts it.
+fn validate(decision: Decision, limits: &Limits) -> Result<Decision, PolicyFailure> {
+    let clip = |mut s: String| {
+        if s.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+        }
+        s
+    };
+    match decision {
+        Decision::Merged { data, deleted } => {
+            if data.len() > limits.max_output_bytes {
+                return Err(PolicyFailure::InvalidOutput(format!(
+                    "merged data is {} bytes, over the limit of {}",
+                    data.len(),
+                    limits.max_output_bytes
+                )));
+            }
+            match serde_json::from_str::<serde_json::Value>(&data) {
+                Ok(serde_json::Value::Object(_)) => Ok(Decision::Merged { data, deleted }),
+                Ok(_) => Err(PolicyFailure::InvalidOutput("merged data is not a JSON object".into())),
+                Err(e) => Err(PolicyFailure::InvalidOutput(format!("merged data is not JSON: {e}"))),
+            }
+        }
+        Decision::Conflict(r) => Ok(Decision::Conflict(clip(r))),
+        Decision::Reject(r) => Ok(Decision::Reject(clip(r))),
+        Decision::Accept => Ok(Decision::Accept),
+    }
+}
+
+/// The policy of one entity type, with its settings.
+#[derive(Clone)]
+pub struct Binding {
+    pub policy: Arc<Policy>,
+    /// `policy_settings` as JSON object text.
+    pub settings: String,
+}
+
+/// Policies for every entity type (by the type's index in `sync::Entities`).
+pub struct PolicySet {
+    pub bindings: Vec<(String, Binding)>,
+}
+
+impl PolicySet {
+    /// Decides one record; a failed call is a conflict, never an error of the push.
+    pub fn decide(&self, type_index: usize, input: &MergeInput<'_>) -> Decision {
+        let Some((_, binding)) = self.bindings.get(type_index) else {
+            return Decision::Conflict("policy failed: no policy is bound to this entity type".into());
+        };
+        binding
+            .policy
+            .decide(input, &binding.settings)
+            .unwrap_or_else(|failure| Decision::Conflict(format!("policy failed: {failure}")))
+    }
+
+    /// Loads the policy of each entity type in `order` as `config` names it.
+    /// A policy used by several types is loaded once.
+    pub fn load(runtime: &Arc<Runtime>, config: &Config, order: &[String]) -> Result<PolicySet, PolicyError> {
+        let mut loaded: HashMap<String, Arc<Policy>> = HashMap::new();
+        let mut bindings = Vec::with_capacity(order.len());
+        for entity in order {
+            let e = config.entities.get(entity);
+            let name = e.and_then(|e| e.policy.clone()).unwrap_or_else(|| crate::config::DEFAULT_POLICY.into());
+            let settings = e.map_or_else(|| "{}".to_string(), |e| e.settings_json());
+            let what = format!("entities.{entity}.policy");
+            let policy = match loaded.get(&name) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = load_named(runtime, &config.policies.dir, &name, &what)?;
+                    loaded.insert(name.clone(), p.clone());
+                    p
+                }
+            };
+            tracing::debug!(entity = %entity, policy = %name, source = %policy.source, "policy bound");
+            bindings.push((entity.clone(), Binding { policy, settings }));
+        }
+        Ok(PolicySet { bindings })
+    }
+}
+
+/// `<dir>/<name>.wasm` if present, else the built-in of that name.
+pub fn load_named(runtime: &Arc<Runtime>, dir: &Path, name: &str, what: &str) -> Result<Arc<Policy>, PolicyError> {
+    let path = dir.join(format!("{name}.wasm"));
+    if path.is_file() {
+        let bytes = std::fs::read(&path).map_err(|source| PolicyError::Read {
+            what: what.into(),
+            path: path.clone(),
+            source,
+        })?;
+        return runtime.load(name, &bytes, &path.display().to_string(), what);
+    }
+    match builtin::bytes(name) {
+        Some(bytes) => runtime.load(name, bytes, "built-in", what),
+        None => Err(PolicyError::Unknown {
+            what: what.into(),
+            name: name.into(),
+            path,
+            builtins: builtin::NAMES.join(", "),
+        }),
+    }
+}
+
+/// The active policy set, swapped atomically on reload. Pushes take a
+/// snapshot (`current`) and finish on it even if a reload happens meanwhile.
+pub struct Policies {
+    runtime: Arc<Runtime>,
+    current: RwLock<Arc<PolicySet>>,
+}
+
+impl Policies {
+    pub fn new(runtime: Arc<Runtime>, set: PolicySet) -> Policies {
+        Policies { runtime, current: RwLock::new(Arc::new(set)) }
+    }
+
+    pub fn current(&self) -> Arc<PolicySet> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Builds a new set; switches to it only if every policy loads.
+    pub fn reload(&self, config: &Config, order: &[String]) -> Result<(), PolicyError> {
+        let set = PolicySet::load(&self.runtime, config, order)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        Ok(())
+    }
+}
+
+/// Where compiled components are cached: `policies.cache_dir`, else beside
+/// the database. Absolute, as wasmtime's cache requires.
+pub fn cache_dir(config: &Config) -> PathBuf {
+    let dir = match &config.policies.cache_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            config.database.path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf).join("policy-cache")
+        }
+    };
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// Creates the runtime and loads the configured set (blocking: compiles).
+pub fn load_all(config: &Config) -> Result<Arc<Policies>, PolicyError> {
+    let order = config.entity_order().map_err(|e| PolicyError::Runtime(e.to_string()))?;
+    let runtime = Runtime::new(&config.policies, &cache_dir(config), config.sync.max_record_bytes)?;
+    let set = PolicySet::load(&runtime, config, &order)?;
+    Ok(Arc::new(Policies::new(runtime, set)))
+}

@@ -1,0 +1,176 @@
+//! The Accord policy SDK: plain Rust types for the `accord:merge` contract,
+//! JSON and merge helpers, and [`policy!`] which exports a rule as a component.
+//!
+//! Write the rule as `fn decide(input: &MergeInput) -> Decision`, test it
+//! natively with `cargo test`, then `accord_policy_sdk::policy!(decide);` and
+//! build with `cargo build --release --target wasm32-wasip2`.
+
+pub mod merge;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[allow(unsafe_code)] // generated ABI glue
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "policy",
+        path: "../../wit",
+        pub_export_macro: true,
+        default_bindings_module: "accord_policy_sdk::bindings",
+    });
+}
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+pub use merge::{FieldMerge, three_way};
+
+/// One stored version of a record; `data` is a JSON object as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub id: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub data: String,
+}
+
+/// The change a client pushed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncomingRecord {
+    pub id: String,
+    pub version: i64,
+    /// The server version the change was made on; 0 means "new to me".
+    pub base_version: i64,
+    pub deleted: bool,
+    pub data: String,
+}
+
+/// Everything a policy sees for one record.
+#[derive(Clone, Debug)]
+pub struct MergeInput {
+    pub entity_type: String,
+    pub user_id: String,
+    pub server: Option<StoredRecord>,
+    pub base: Option<StoredRecord>,
+    pub incoming: IncomingRecord,
+    /// This entity type's `policy_settings`, as JSON object text (`{}` if none).
+    pub settings: String,
+}
+
+/// A policy's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Accept,
+    Merged { deleted: bool, data: String },
+    Conflict(String),
+    Reject(String),
+}
+
+/// Parses a record's `data` into a JSON object.
+pub fn object(data: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str(data) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("data is not a JSON object".into()),
+        Err(e) => Err(format!("data is not valid JSON: {e}")),
+    }
+}
+
+/// Parses the policy's settings into `T` (use `#[serde(default)]` for optional keys).
+pub fn settings<T: DeserializeOwned>(input: &MergeInput) -> Result<T, String> {
+    serde_json::from_str(&input.settings).map_err(|e| format!("invalid policy_settings: {e}"))
+}
+
+/// True when the two JSON texts denote the same value (byte-equal texts skip parsing).
+pub fn same_json(a: &str, b: &str) -> bool {
+    a == b || matches!((serde_json::from_str::<Value>(a), serde_json::from_str::<Value>(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Serializes a merged object back to text.
+pub fn to_text(map: &Map<String, Value>) -> String {
+    Value::Object(map.clone()).to_string()
+}
+
+/// Exports `decide` (a `fn(&MergeInput) -> Decision`) as the component's
+/// `accord:merge/policy` implementation. Does nothing in native builds, so the
+/// same crate can be unit-tested and benchmarked natively.
+#[macro_export]
+macro_rules! policy {
+    ($decide:path) => {
+        #[cfg(target_arch = "wasm32")]
+        struct __AccordPolicy;
+
+        #[cfg(target_arch = "wasm32")]
+        impl $crate::bindings::Guest for __AccordPolicy {
+            fn decide(
+                input: $crate::bindings::accord::merge::types::MergeInput,
+            ) -> $crate::bindings::accord::merge::types::Decision {
+                $crate::wasm::into_wit($decide(&$crate::wasm::from_wit(input)))
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)] // generated ABI glue
+        const _: () = {
+    $crate::bindings::export!(__AccordPolicy with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Conversions between the generated WIT types and the SDK's types.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod wasm {
+    use super::bindings::accord::merge::types as wit;
+    use super::{Decision, IncomingRecord, MergeInput, StoredRecord};
+
+    fn stored(r: wit::StoredRecord) -> StoredRecord {
+        StoredRecord { id: r.id, version: r.version, deleted: r.deleted, data: r.data }
+    }
+
+    pub fn from_wit(input: wit::MergeInput) -> MergeInput {
+        let i = input.incoming;
+        MergeInput {
+            entity_type: input.entity_type,
+            user_id: input.user_id,
+            server: input.server.map(stored),
+            base: input.base.map(stored),
+            incoming: IncomingRecord {
+                id: i.id,
+                version: i.version,
+                base_version: i.base_version,
+                deleted: i.deleted,
+                data: i.data,
+            },
+            settings: input.settings,
+        }
+    }
+
+    pub fn into_wit(decision: Decision) -> wit::Decision {
+        match decision {
+            Decision::Accept => wit::Decision::Accept,
+            Decision::Merged { deleted, data } => wit::Decision::Merged(wit::MergedRecord { deleted, data }),
+            Decision::Conflict(reason) => wit::Decision::Conflict(reason),
+            Decision::Reject(reason) => wit::Decision::Reject(reason),
+        }
+    }
+}
+
+/// Builders for unit tests of policies.
+pub mod testing {
+    use super::{IncomingRecord, MergeInput, StoredRecord};
+
+    pub fn stored(version: i64, data: &str) -> StoredRecord {
+        StoredRecord { id: "r1".into(), version, deleted: false, data: data.into() }
+    }
+
+    pub fn tombstone(version: i64) -> StoredRecord {
+        StoredRecord { id: "r1".into(), version, deleted: true, data: "{}".into() }
+    }
+
+    pub fn incoming(version: i64, base_version: i64, data: &str) -> IncomingRecord {
+        IncomingRecord { id: "r1".into(), version, base_version, deleted: false, data: data.into() }
+    }
+
+    pub fn input(server: Option<StoredRecord>, base: Option<StoredRecord>, incoming: IncomingRecord) -> MergeInput {
+        MergeInput { entity_type: "things".into(), user_id: "u1".into(), server, base, incoming, settings: "{}".into() }
+    }
+}
