@@ -89,7 +89,7 @@ fn components() {
         std::fs::copy(&built, dest.join(format!("{name}.wasm")))
             .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
     }
-    println!("cargo::rustc-env=ACCORD_COMPONENTS_DIR={}", dest.display());
+    println!("cargo::rustc-env=BUILT_COMPONENTS_DIR={}", dest.display());
 }
 
 /// `<target>/wasm-plugins`, next to the profile folders of the outer build, so

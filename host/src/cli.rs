@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::auth::{Scope, apikey};
 use crate::config::{Config, LogFormat};
 use crate::http::keys::parse_scopes;
+use crate::policy;
 use crate::server;
 use crate::store::{self, now_ms};
 
@@ -35,6 +36,30 @@ enum Command {
     /// Manage API keys directly in the database (works while the server runs).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check and try out merge-policy components before deploying them.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a component against the accord:merge/policy WIT world (exit 2 if it does not load).
+    Check {
+        /// The policy component (.wasm).
+        file: PathBuf,
+    },
+    /// Run a component on recorded cases and show each decision; exit 1 if any expectation fails.
+    ///
+    /// The cases file is a JSON array of {"name", "server"?, "base"?, "incoming",
+    /// "settings"?, "entityType"?, "expect"?}; records are {"id", "version",
+    /// "baseVersion"?, "deleted"?, "data"}; expect is "accept", "merged",
+    /// "conflict", "reject", {"merged": <data>} or {"conflict"|"reject": "<text in reason>"}.
+    Test {
+        /// The policy component (.wasm).
+        file: PathBuf,
+        /// The cases (.json).
+        cases: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +170,9 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             Ok(())
         }
         Command::Keys(cmd) => Ok(keys(cmd, config).await?),
+        Command::Policy(cmd) => tokio::task::spawn_blocking(move || policy_command(cmd, &config))
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?,
     }
 }
 
@@ -203,6 +231,47 @@ async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
             })?;
             println!("revoked key {} of user {}", row.id, row.user_id);
             Ok(())
+        }
+    }
+}
+
+fn policy_command(cmd: PolicyCommand, config: &Config) -> Result<(), Failure> {
+    let file = match &cmd {
+        PolicyCommand::Check { file } | PolicyCommand::Test { file, .. } => file.clone(),
+    };
+    let runtime = policy::Runtime::new(&config.policies, &policy::cache_dir(config), config.sync.max_record_bytes)
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    let bytes = std::fs::read(&file).map_err(|e| Failure::Config(format!("cannot read {}: {e}", file.display())))?;
+    let name = file.file_stem().map_or("policy".into(), |s| s.to_string_lossy().into_owned());
+    let loaded = runtime
+        .load(&name, &bytes, &file.display().to_string(), "policy")
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    match cmd {
+        PolicyCommand::Check { .. } => {
+            println!("{}: OK, implements {} (sha256 {})", file.display(), policy::WORLD, loaded.sha256);
+            Ok(())
+        }
+        PolicyCommand::Test { cases, .. } => {
+            let text = std::fs::read_to_string(&cases)
+                .map_err(|e| Failure::Config(format!("cannot read {}: {e}", cases.display())))?;
+            let cases: Vec<policy::cases::Case> = serde_json::from_str(&text)
+                .map_err(|e| Failure::Config(format!("{} is not a valid cases file: {e}", cases.display())))?;
+            let outcomes = policy::cases::run(&loaded, &cases);
+            let mut failed = 0;
+            for o in &outcomes {
+                let mark = match o.passed {
+                    Some(true) => "PASS",
+                    Some(false) => {
+                        failed += 1;
+                        "FAIL"
+                    }
+                    None => "    ",
+                };
+                let why = if o.why.is_empty() { String::new() } else { format!("  ({})", o.why) };
+                println!("{mark}  {}: {}{why}", o.name, o.decision);
+            }
+            println!("{} cases, {} failed", outcomes.len(), failed);
+            if failed > 0 { Err(Failure::Other(format!("{failed} case(s) failed"))) } else { Ok(()) }
         }
     }
 }

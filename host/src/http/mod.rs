@@ -1,6 +1,7 @@
 //! HTTP: routes, extractors and the mapping of errors to problem responses.
 //! Only this module knows HTTP; it calls into `auth` and `store`.
 
+mod admin;
 mod extract;
 pub mod keys;
 mod ops;
@@ -50,6 +51,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/sync/events", get(sync::events))
         .route("/api/sync/conflicts", get(sync::conflicts))
         .route("/api/sync/conflicts/{id}/resolve", post(sync::resolve))
+        .route("/api/admin/policies", get(admin::policies))
+        .route("/api/admin/reload", post(admin::reload))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(ops::not_found)

@@ -11,6 +11,7 @@
 
 mod bindings;
 pub mod builtin;
+pub mod cases;
 pub mod reload;
 mod sandbox;
 
@@ -231,10 +232,14 @@ impl Policy {
                 validate(bindings::from_wit(decision), limits)
             }
             // The instance is dropped here: a trapped instance is never re-entered.
-            Err(e) => Err(match e.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => PolicyFailure::Timeout(limits.cpu_ms),
-                _ => PolicyFailure::Trap(format!("{e:#}")),
-            }),
+            Err(e) => {
+                tracing::debug!(policy = %self.name, error = ?e, "policy trap details");
+                Err(match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(wasmtime::Trap::Interrupt) => PolicyFailure::Timeout(limits.cpu_ms),
+                    Some(trap) => PolicyFailure::Trap(trap.to_string()),
+                    None => PolicyFailure::Trap(e.root_cause().to_string()),
+                })
+            }
         }
     }
 }

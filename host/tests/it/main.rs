@@ -7,6 +7,7 @@ mod cli_config;
 mod http_basics;
 mod keys;
 mod migrations;
+mod policies;
 mod sync_crash;
 mod sync_pull;
 mod sync_push;

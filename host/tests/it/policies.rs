@@ -1,0 +1,302 @@
+//! Merge policies through the real WebAssembly runtime: built-ins, hostile
+//! components, hot swap, and the author tools.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use accord::config::{Config, EntityConfig};
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, cli, expect_problem, pull_all, push_ok, results, test_config};
+
+/// Where host/build.rs put the components it built from plugins/.
+fn component(name: &str) -> PathBuf {
+    Path::new(env!("BUILT_COMPONENTS_DIR")).join(format!("{name}.wasm"))
+}
+
+fn entity(policy: &str, settings: Value) -> EntityConfig {
+    EntityConfig {
+        policy: Some(policy.into()),
+        policy_settings: settings.as_object().cloned(),
+        ..EntityConfig::default()
+    }
+}
+
+fn rec(id: &str, version: i64, base: i64, data: Value) -> Value {
+    json!({"id": id, "version": version, "baseVersion": base, "data": data})
+}
+
+async fn push_one(server: &TestServer, key: &str, ty: &str, record: Value) -> Value {
+    let r = push_ok(server, key, &json!({"changes": {ty: [record]}})).await;
+    results(&r, ty)[0].clone()
+}
+
+#[tokio::test]
+async fn built_in_policies_decide_as_documented() {
+    let server = TestServer::start_with(|c| {
+        c.entities = BTreeMap::from([
+            ("notes".to_string(), entity("field-merge", json!({}))),
+            ("logs".to_string(), entity("append-only", json!({}))),
+            ("links".to_string(), entity("tombstone-wins", json!({}))),
+            ("scores".to_string(), entity("max-wins", json!({"field": "score"}))),
+            ("strict".to_string(), entity("compare-and-set", json!({}))),
+            ("legacy".to_string(), entity("version-wins", json!({}))),
+        ]);
+    })
+    .await;
+    let key = server.cli_key("alice", &[]);
+
+    // field-merge: disjoint edits merge, the same field edited twice conflicts.
+    assert_eq!(
+        push_one(&server, &key, "notes", rec("n1", 1, 0, json!({"title": "t", "body": "b"}))).await["status"],
+        "applied"
+    );
+    assert_eq!(
+        push_one(&server, &key, "notes", rec("n1", 2, 1, json!({"title": "T", "body": "b"}))).await["status"],
+        "applied"
+    );
+    let r = push_one(&server, &key, "notes", rec("n1", 2, 1, json!({"title": "t", "body": "B"}))).await;
+    assert_eq!(r["status"], "merged", "{r}");
+    assert_eq!(r["record"]["data"], json!({"title": "T", "body": "B"}));
+    assert_eq!(r["serverVersion"], 3);
+    let r = push_one(&server, &key, "notes", rec("n1", 2, 1, json!({"title": "mine", "body": "b"}))).await;
+    assert_eq!(r["status"], "conflict");
+    assert!(r["reason"].as_str().unwrap().contains("title"), "{r}");
+    // Unknown base (never seen) and different data: conflict.
+    let r = push_one(&server, &key, "notes", rec("n1", 9, 0, json!({"title": "other"}))).await;
+    assert_eq!(r["status"], "conflict");
+
+    // append-only: the same content again is fine, a changed copy is a conflict.
+    push_one(&server, &key, "logs", rec("l1", 1, 0, json!({"line": "started"}))).await;
+    assert_eq!(
+        push_one(&server, &key, "logs", rec("l1", 1, 0, json!({"line": "started"}))).await["status"],
+        "unchanged"
+    );
+    assert_eq!(push_one(&server, &key, "logs", rec("l1", 2, 1, json!({"line": "edited"}))).await["status"], "conflict");
+
+    // tombstone-wins: a stale delete still wins; a stale edit of a deleted record loses.
+    push_one(&server, &key, "links", rec("k1", 1, 0, json!({"a": 1}))).await;
+    push_one(&server, &key, "links", rec("k1", 2, 1, json!({"a": 2}))).await;
+    let r =
+        push_one(&server, &key, "links", json!({"id": "k1", "version": 2, "baseVersion": 1, "deleted": true})).await;
+    assert_eq!(r["status"], "applied");
+    assert_eq!(push_one(&server, &key, "links", rec("k1", 3, 2, json!({"a": 3}))).await["status"], "conflict");
+
+    // max-wins: the greater score stays; a lower one gets the server's record back.
+    push_one(&server, &key, "scores", rec("s1", 1, 0, json!({"score": 10}))).await;
+    let r = push_one(&server, &key, "scores", rec("s1", 2, 0, json!({"score": 4}))).await;
+    assert_eq!(r["status"], "merged");
+    assert_eq!(r["record"]["data"]["score"], 10);
+    assert_eq!(push_one(&server, &key, "scores", rec("s1", 2, 0, json!({"score": 40}))).await["status"], "applied");
+
+    // compare-and-set and version-wins.
+    push_one(&server, &key, "strict", rec("c1", 1, 0, json!({"v": 1}))).await;
+    assert_eq!(push_one(&server, &key, "strict", rec("c1", 5, 0, json!({"v": 2}))).await["status"], "conflict");
+    assert_eq!(push_one(&server, &key, "strict", rec("c1", 2, 1, json!({"v": 2}))).await["status"], "applied");
+    push_one(&server, &key, "legacy", rec("v1", 3, 0, json!({"v": 1}))).await;
+    assert_eq!(push_one(&server, &key, "legacy", rec("v1", 2, 0, json!({"v": 2}))).await["status"], "conflict");
+    assert_eq!(push_one(&server, &key, "legacy", rec("v1", 7, 0, json!({"v": 2}))).await["status"], "applied");
+}
+
+/// A server whose `evil_<mode>` entity types run the hostile fixture in that mode.
+async fn hostile_server(modes: &[&str]) -> TestServer {
+    let modes: Vec<String> = modes.iter().map(|m| m.to_string()).collect();
+    TestServer::start_with(move |c| {
+        let dir = c.database.path.parent().unwrap().join("policies");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(component("fixture-hostile"), dir.join("hostile.wasm")).unwrap();
+        c.policies.dir = dir;
+        c.policies.cpu_ms = 50;
+        c.entities = modes
+            .iter()
+            .map(|m| (format!("evil_{}", m.replace('-', "_")), entity("hostile", json!({"mode": m}))))
+            .collect();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hostile_policies_are_bounded_and_lose_nothing() {
+    let modes = ["loop", "memory", "recursion", "huge", "trap", "invalid-json", "not-object"];
+    let server = hostile_server(&modes).await;
+    let key = server.cli_key("alice", &[]);
+    for mode in modes {
+        let ty = format!("evil_{}", mode.replace('-', "_"));
+        // The misbehaving record is aimed by its data; the two around it are normal.
+        let body = json!({"changes": {ty.clone(): [
+            rec("before", 1, 0, json!({"n": 1})),
+            rec("bad", 1, 0, json!({"hostile": true})),
+            rec("after", 1, 0, json!({"n": 2})),
+        ]}});
+        let started = Instant::now();
+        let r = push_ok(&server, &key, &body).await;
+        let res = results(&r, &ty);
+        assert_eq!(res[0]["status"], "applied", "{mode}: {r}");
+        assert_eq!(res[2]["status"], "applied", "{mode}: {r}");
+        assert_eq!(res[1]["status"], "conflict", "{mode}: {r}");
+        let reason = res[1]["reason"].as_str().unwrap();
+        assert!(reason.starts_with("policy failed: "), "{mode}: {reason}");
+        eprintln!("{mode}: {reason} ({} ms)", started.elapsed().as_millis());
+        let expected = match mode {
+            "loop" => "CPU limit",
+            "memory" => "memory",
+            "recursion" => "stack",
+            "huge" => "over the limit",
+            "trap" => "unreachable",
+            _ => "invalid output",
+        };
+        assert!(reason.contains(expected), "{mode}: {reason}");
+        // The next call on the same policy works: the failed instance was replaced.
+        let r = push_ok(&server, &key, &json!({"changes": {ty.clone(): [rec("next", 1, 0, json!({}))]}})).await;
+        assert_eq!(results(&r, &ty)[0]["status"], "applied", "{mode}: {r}");
+    }
+    // Each failed record is kept in the conflicts table, never dropped.
+    let list: Value = server.get("/api/sync/conflicts?limit=100", &key).send().await.unwrap().json().await.unwrap();
+    let conflicts = list["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), modes.len());
+    assert!(conflicts.iter().all(|c| c["incoming"]["data"]["hostile"] == true && c["server"].is_null()));
+    assert_eq!(pull_all(&server, &key).await.len(), modes.len() * 3);
+    let r = server.client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The admin view counts calls and failures per policy.
+    let admin = server.cli_key("alice", &["admin"]);
+    let view: Value = server.get("/api/admin/policies", &admin).send().await.unwrap().json().await.unwrap();
+    let first = &view["policies"][0];
+    assert_eq!(first["policy"], "hostile");
+    assert_eq!(first["failures"], modes.len() as u64);
+    assert!(first["calls"].as_u64().unwrap() >= 4 * modes.len() as u64);
+    assert_eq!(first["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[tokio::test]
+async fn policies_get_no_files_clock_or_environment() {
+    let server = hostile_server(&["always-snoop"]).await;
+    let key = server.cli_key("alice", &[]);
+    let r = push_one(&server, &key, "evil_always_snoop", rec("x", 1, 0, json!({}))).await;
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("file=Err"), "a file was readable: {reason}");
+    assert!(reason.contains("clock=Some(0)"), "the clock is not frozen at the epoch: {reason}");
+    assert!(reason.contains("env=0"), "environment variables leaked: {reason}");
+}
+
+#[tokio::test]
+async fn broken_components_stop_startup_naming_the_entity_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(component("fixture-wrong-world"), policies.join("other.wasm")).unwrap();
+    std::fs::write(policies.join("garbage.wasm"), b"\0asm not really").unwrap();
+    for (name, needle) in [
+        ("other", "does not implement accord:merge/policy@0.1.0"),
+        ("garbage", "not a valid"),
+        ("absent", "no policy named"),
+    ] {
+        let mut config: Config = test_config(dir.path());
+        config.policies.dir = policies.clone();
+        config.entities = BTreeMap::from([("things".to_string(), entity(name, json!({})))]);
+        let err = accord::server::load_policies(&config).await.err().expect("must fail").to_string();
+        assert!(err.contains("entities.things.policy") && err.contains(needle), "{err}");
+    }
+    // `accord policy check` says the same, with exit code 2.
+    let out = cli(&["policy", "check", component("fixture-wrong-world").to_str().unwrap()], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&["policy", "check", component("field-merge").to_str().unwrap()], &[], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_template_passes_its_cases() {
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/custom-policy/cases.json");
+    let out =
+        cli(&["policy", "test", component("custom-policy").to_str().unwrap(), cases.to_str().unwrap()], &[], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("5 cases, 0 failed"), "{stdout}");
+    // A wrong expectation fails with exit code 1.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"name": "wrong", "incoming": {"id": "a", "version": 1, "data": {}}, "expect": "reject"}]"#,
+    )
+    .unwrap();
+    let out = cli(&["policy", "test", component("custom-policy").to_str().unwrap(), bad.to_str().unwrap()], &[], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}
+
+fn config_text(dir: &Path, pages_policy: &str) -> String {
+    format!(
+        "[policies]\ndir = {:?}\n[entities.pages]\npolicy = {pages_policy:?}\n",
+        dir.join("policies").display().to_string()
+    )
+}
+
+#[tokio::test]
+async fn hot_swap_under_load_and_refusing_a_broken_component() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    let file = dir.path().join("accord.toml");
+    std::fs::write(&file, config_text(dir.path(), "field-merge")).unwrap();
+    let mut config = Config::load(Some(&file)).unwrap();
+    config.database.path = dir.path().join("accord.db");
+    let server = TestServer::start_in(dir, config).await;
+    let key = server.cli_key("alice", &[]);
+    let admin = server.cli_key("alice", &["admin"]);
+    let r = server.get("/api/admin/policies", &key).send().await.unwrap();
+    expect_problem(r, 403).await;
+
+    // A stale edit with a higher version: field-merge (unknown base) says conflict, version-wins applies it.
+    push_one(&server, &key, "pages", rec("probe", 1, 0, json!({"v": 0}))).await;
+    let probe = |n: i64| rec("probe", 100 + n, 0, json!({"v": n}));
+
+    let pusher = {
+        let (client, url, key) = (server.client.clone(), server.url("/api/sync/push"), key.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut statuses = Vec::new();
+            for i in 0..300 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let body = json!({"changes": {"pages": [{"id": format!("load-{i}"), "version": 1, "data": {"i": i}}]}});
+                statuses
+                    .push(client.post(&url).bearer_auth(&key).json(&body).send().await.map(|r| r.status().as_u16()));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(push_one(&server, &key, "pages", probe(1)).await["status"], "conflict");
+
+    // Switch pages to version-wins by editing the config file; the watcher or the endpoint reloads.
+    std::fs::write(
+        server.config.file.as_ref().unwrap(),
+        config_text(server.config.file.as_ref().unwrap().parent().unwrap(), "version-wins"),
+    )
+    .unwrap();
+    let r = server.post("/api/admin/reload", &admin, &json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let view: Value = r.json().await.unwrap();
+    let pages = view["policies"].as_array().unwrap().iter().find(|p| p["entity"] == "pages").unwrap().clone();
+    assert_eq!(pages["policy"], "version-wins");
+    assert_eq!(push_one(&server, &key, "pages", probe(2)).await["status"], "applied", "decisions switched");
+
+    // A corrupt component dropped into the policy dir is refused; the old policy keeps serving.
+    let policy_dir = server.config.policies.dir.clone();
+    std::fs::write(policy_dir.join("version-wins.wasm"), b"\0asm\x0d\0\x01\0 broken").unwrap();
+    let r = server.post("/api/admin/reload", &admin, &json!({})).send().await.unwrap();
+    let p = expect_problem(r, 422).await;
+    assert!(p["detail"].as_str().unwrap().contains("version-wins.wasm"), "{p}");
+    let view: Value = server.get("/api/admin/policies", &admin).send().await.unwrap().json().await.unwrap();
+    let pages = view["policies"].as_array().unwrap().iter().find(|p| p["entity"] == "pages").unwrap().clone();
+    assert_eq!(pages["source"], "built-in");
+    assert_eq!(push_one(&server, &key, "pages", probe(3)).await["status"], "applied");
+
+    let statuses = pusher.await.unwrap();
+    assert!(!statuses.is_empty());
+    assert!(statuses.iter().all(|s| matches!(s, Ok(200))), "a push failed during the swap: {statuses:?}");
+}
