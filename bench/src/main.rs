@@ -16,6 +16,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod policy;
+
 #[derive(Parser)]
 #[command(about = "Benchmarks for the Accord sync server")]
 struct Cli {
@@ -50,6 +52,19 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
+    /// Per-call cost of a policy on ~1 KB records, WebAssembly vs the same rule natively,
+    /// and the time to load a cached compiled component.
+    Policy {
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+    },
+    /// Update-heavy pushes: N records, then two rounds of concurrent edits that field-merge must merge.
+    Updates {
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
     /// Everything above with default arguments.
     All,
     /// (internal) run the server on a database and print its address.
@@ -72,11 +87,15 @@ fn main() {
                 concurrent(clients, seconds, records_per_push).await;
             }
             Command::RawSqlite { records, batch } => raw_sqlite(records, batch),
+            Command::Policy { calls } => policy::per_call(calls),
+            Command::Updates { records, batch } => updates(records, batch).await,
             Command::All => {
                 raw_sqlite(100_000, 500);
                 first_sync(10_000, 500, 1000).await;
                 first_sync(100_000, 500, 1000).await;
                 concurrent(16, 10, 10).await;
+                policy::per_call(20_000);
+                updates(20_000, 500).await;
             }
         }
     });
@@ -330,4 +349,61 @@ fn raw_sqlite(n: usize, batch: usize) {
         n as f64 / single,
         read as f64 / read_secs
     );
+}
+
+/// Pushes `n` records, then edits every one on "device A" (based on v1), then
+/// edits a different field of every one on "device B" (also based on v1), so
+/// the last round runs a real three-way merge per record.
+async fn updates(n: usize, batch: usize) {
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    let round = |tag: &str, version: i64, base: i64, field: &str| -> Vec<String> {
+        (0..n)
+            .collect::<Vec<_>>()
+            .chunks(batch)
+            .enumerate()
+            .map(|(b, chunk)| {
+                let records: Vec<_> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let mut r = record(&format!("up-{i:08}"), i);
+                        r["version"] = version.into();
+                        r["baseVersion"] = base.into();
+                        if !field.is_empty() {
+                            r["data"][field] = format!("edited by {tag}").into();
+                        }
+                        r
+                    })
+                    .collect();
+                serde_json::json!({"pushId": format!("{tag}-{b}"), "changes": {"pages": records}}).to_string()
+            })
+            .collect()
+    };
+    let mut report = Vec::new();
+    for (tag, bodies) in [
+        ("insert", round("insert", 1, 0, "")),
+        ("fast-forward edit", round("a", 2, 1, "title")),
+        ("three-way merge", round("b", 2, 1, "body")),
+    ] {
+        let started = Instant::now();
+        let mut statuses: HashMap<String, usize> = HashMap::new();
+        for body in bodies {
+            let r = client
+                .post(format!("{}/api/sync/push", server.base))
+                .bearer_auth(&server.key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            for res in v["results"]["pages"].as_array().unwrap() {
+                *statuses.entry(res["status"].as_str().unwrap().to_string()).or_default() += 1;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        report.push(format!("{tag}: {:.0} records/s {statuses:?}", n as f64 / secs));
+    }
+    println!("updates n={n} batch={batch} (pages, field-merge): {}", report.join("; "));
 }

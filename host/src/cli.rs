@@ -248,7 +248,7 @@ fn policy_command(cmd: PolicyCommand, config: &Config) -> Result<(), Failure> {
         .map_err(|e| Failure::Config(e.to_string()))?;
     match cmd {
         PolicyCommand::Check { .. } => {
-            println!("{}: OK, implements {} (sha256 {})", file.display(), policy::WORLD, loaded.sha256);
+            println!("{}: OK, implements {} (sha256 {})", file.display(), policy::WORLD, loaded.sha256());
             Ok(())
         }
         PolicyCommand::Test { cases, .. } => {

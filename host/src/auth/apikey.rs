@@ -30,11 +30,12 @@ pub fn generate() -> Result<Generated, getrandom::Error> {
     Ok(Generated { raw, hash, prefix })
 }
 
-/// A random identifier for a stored key (not secret): 16 base64url characters.
+/// A random identifier for a stored key (not secret): 20 lowercase hex digits,
+/// safe in URLs and as a command-line argument (never starts with `-`).
 pub fn new_id() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 12];
+    let mut bytes = [0u8; 10];
     getrandom::fill(&mut bytes)?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The lookup hash of a raw key, or `None` when it is not shaped like one.

@@ -36,7 +36,7 @@ fn view(state: &AppState) -> PoliciesView {
             entity: entity.clone(),
             policy: b.policy.name.clone(),
             source: b.policy.source.clone(),
-            sha256: b.policy.sha256.clone(),
+            sha256: b.policy.sha256().to_string(),
             loaded_at: b.policy.loaded_at,
             calls: b.policy.calls(),
             failures: b.policy.failures(),

@@ -9,6 +9,9 @@ mod generated {
     wasmtime::component::bindgen!({
         world: "policy",
         path: "../wit",
+        // Inputs are lowered straight from borrowed host strings: no copies
+        // of the records before they are written into guest memory.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -18,25 +21,25 @@ pub use generated::{Policy, PolicyPre};
 /// The world string policies must implement, for messages.
 pub const WORLD: &str = "accord:merge/policy@0.1.0";
 
-fn stored(row: &RecordRow) -> wit::StoredRecord {
-    wit::StoredRecord { id: row.id.clone(), version: row.version, deleted: row.deleted, data: row.data.clone() }
+fn stored(row: &RecordRow) -> wit::StoredRecord<'_> {
+    wit::StoredRecord { id: &row.id, version: row.version, deleted: row.deleted, data: &row.data }
 }
 
-pub fn to_wit(input: &MergeInput<'_>, settings: &str) -> wit::MergeInput {
+pub fn to_wit<'a>(input: &MergeInput<'a>, settings: &'a str) -> wit::MergeInput<'a> {
     let i = input.incoming;
     wit::MergeInput {
-        entity_type: input.entity.to_string(),
-        user_id: input.user.to_string(),
+        entity_type: input.entity,
+        user_id: input.user,
         server: input.server.map(stored),
         base: input.base.map(stored),
         incoming: wit::IncomingRecord {
-            id: i.id.clone(),
+            id: &i.id,
             version: i.version,
             base_version: i.base_version,
             deleted: i.deleted,
-            data: i.data.clone(),
+            data: &i.data,
         },
-        settings: settings.to_string(),
+        settings,
     }
 }
 

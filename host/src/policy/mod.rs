@@ -18,7 +18,7 @@ mod sandbox;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -149,7 +149,8 @@ impl Runtime {
         Ok(Arc::new(Policy {
             name: name.into(),
             source: source.into(),
-            sha256: hex(&Sha256::digest(bytes)),
+            bytes: bytes.to_vec(),
+            sha256: OnceLock::new(),
             loaded_at: now_ms(),
             runtime: self.clone(),
             pre,
@@ -176,7 +177,9 @@ pub struct Policy {
     pub name: String,
     /// The file it came from, or `built-in`.
     pub source: String,
-    pub sha256: String,
+    /// The component as loaded (kept to report its hash; hashing at load would slow reloads).
+    bytes: Vec<u8>,
+    sha256: OnceLock<String>,
     pub loaded_at: i64,
     runtime: Arc<Runtime>,
     pre: bindings::PolicyPre<Sandbox>,
@@ -186,6 +189,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// SHA-256 of the component file, hex.
+    pub fn sha256(&self) -> &str {
+        self.sha256.get_or_init(|| hex(&Sha256::digest(&self.bytes)))
+    }
+
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
@@ -225,7 +233,7 @@ impl Policy {
         // The deadline is set right before each call, never once per instance.
         live.store.set_epoch_deadline(limits.cpu_ms.max(1));
         let wit_input = bindings::to_wit(input, settings);
-        match live.instance.call_decide(&mut live.store, &wit_input) {
+        match live.instance.call_decide(&mut live.store, wit_input) {
             Ok(decision) => {
                 live.calls += 1;
                 *slot = Some(live);

@@ -15,7 +15,6 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use tokio::sync::broadcast;
 
 use crate::config::{Config, ConfigError, SyncConfig};
@@ -117,7 +116,7 @@ pub struct SyncCore {
     policies: Arc<Policies>,
 }
 
-/// A random public id (conflicts): 16 base64url characters.
+/// A random public id (conflicts): 24 lowercase hex digits.
 fn new_id() -> String {
     let mut bytes = [0u8; 12];
     if getrandom::fill(&mut bytes).is_err() {
@@ -127,7 +126,7 @@ fn new_id() -> String {
         bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
         bytes[8..].copy_from_slice(&(n as u32).to_le_bytes());
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl SyncCore {

@@ -32,9 +32,7 @@ pub fn three_way(
         let (b, s, i) = (base.get(key), server.get(key), incoming.get(key));
         let take_incoming = if s == i || i == b {
             false
-        } else if s == b {
-            true
-        } else if rules.ignore.iter().any(|f| f == key) {
+        } else if s == b || rules.ignore.iter().any(|f| f == key) {
             true
         } else if rules.later_wins.iter().any(|f| f == key) {
             let stamp = |m: &Map<String, Value>| rules.by.and_then(|by| m.get(by)).cloned();

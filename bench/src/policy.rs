@@ -1,0 +1,132 @@
+//! Per-call cost of a policy: the same rule as a WebAssembly component
+//! (through the host's runtime, CPU bound on) and as native Rust.
+
+use std::time::Instant;
+
+use accord::config::Config;
+use accord::policy::{Runtime, cache_dir, load_named};
+use accord::store::RecordRow;
+use accord::sync::policy::MergeInput;
+use accord::sync::wire::Incoming;
+use accord_policy_sdk as sdk;
+
+/// Median nanoseconds per call over batches of 100 calls.
+fn median_ns(calls: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..calls.min(1000) {
+        f(); // warm up
+    }
+    let mut per_batch: Vec<f64> = (0..(calls / 100).max(1))
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..100 {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / 100.0
+        })
+        .collect();
+    per_batch.sort_by(f64::total_cmp);
+    per_batch[per_batch.len() / 2]
+}
+
+fn data(title: &str, body: &str) -> String {
+    let mut v = super::record("x", 1)["data"].clone();
+    v["title"] = title.into();
+    v["body"] = format!("{body} {}", v["body"].as_str().unwrap_or("")).into();
+    v.to_string()
+}
+
+pub fn per_call(calls: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.database.path = dir.path().join("bench.db");
+    config.policies.dir = dir.path().join("none");
+    let runtime = Runtime::new(&config.policies, &cache_dir(&config), config.sync.max_record_bytes).unwrap();
+    let t = Instant::now();
+    let field_merge = load_named(&runtime, &config.policies.dir, "field-merge", "bench").unwrap();
+    let first_load = t.elapsed();
+    let t = Instant::now();
+    let field_merge_again = load_named(&runtime, &config.policies.dir, "field-merge", "bench").unwrap();
+    let cached_load = t.elapsed();
+    drop(field_merge_again);
+    let version_wins = load_named(&runtime, &config.policies.dir, "version-wins", "bench").unwrap();
+
+    let row = |version: i64, data: String| RecordRow {
+        entity: "pages".into(),
+        id: "r1".into(),
+        version,
+        deleted: false,
+        data,
+        updated_at: 0,
+        seq: 0,
+    };
+    let base = row(1, data("t", "b"));
+    let server = row(2, data("server title", "b"));
+    let incoming = Incoming {
+        id: "r1".into(),
+        version: 2,
+        base_version: 1,
+        deleted: false,
+        data: data("t", "client body"),
+        refs: vec![],
+    };
+    let merge_input =
+        MergeInput { entity: "pages", user: "u", server: Some(&server), base: Some(&base), incoming: &incoming };
+    let new_input = MergeInput { entity: "pages", user: "u", server: None, base: None, incoming: &incoming };
+
+    let sdk_row = |r: &RecordRow| sdk::StoredRecord {
+        id: r.id.clone(),
+        version: r.version,
+        deleted: r.deleted,
+        data: r.data.clone(),
+    };
+    let sdk_incoming = sdk::IncomingRecord {
+        id: incoming.id.clone(),
+        version: incoming.version,
+        base_version: incoming.base_version,
+        deleted: false,
+        data: incoming.data.clone(),
+    };
+    let sdk_merge = sdk::MergeInput {
+        entity_type: "pages".into(),
+        user_id: "u".into(),
+        server: Some(sdk_row(&server)),
+        base: Some(sdk_row(&base)),
+        incoming: sdk_incoming.clone(),
+        settings: "{}".into(),
+    };
+    let sdk_new = sdk::MergeInput { server: None, base: None, ..sdk_merge.clone() };
+
+    // Sanity: both sides decide the same.
+    let wasm = field_merge.decide(&merge_input, "{}").unwrap();
+    assert!(matches!(wasm, accord::sync::policy::Decision::Merged { .. }), "{wasm:?}");
+    assert!(matches!(accord_policy_field_merge::decide(&sdk_merge), sdk::Decision::Merged { .. }));
+
+    let wasm_merge = median_ns(calls, || {
+        std::hint::black_box(field_merge.decide(&merge_input, "{}").ok());
+    });
+    let native_merge = median_ns(calls, || {
+        std::hint::black_box(accord_policy_field_merge::decide(std::hint::black_box(&sdk_merge)));
+    });
+    let wasm_new = median_ns(calls, || {
+        std::hint::black_box(field_merge.decide(&new_input, "{}").ok());
+    });
+    let native_new = median_ns(calls, || {
+        std::hint::black_box(accord_policy_field_merge::decide(std::hint::black_box(&sdk_new)));
+    });
+    let wasm_empty = median_ns(calls, || {
+        std::hint::black_box(version_wins.decide(&new_input, "{}").ok());
+    });
+    let native_empty = median_ns(calls, || {
+        std::hint::black_box(accord_policy_version_wins::decide(std::hint::black_box(&sdk_new)));
+    });
+    println!(
+        "policy calls={calls} (~1 KB records, epoch CPU bound on, reused instance):\n  \
+         field-merge three-way merge: wasm {wasm_merge:.0} ns, native {native_merge:.0} ns, ratio {:.2}x\n  \
+         field-merge new record:      wasm {wasm_new:.0} ns, native {native_new:.0} ns\n  \
+         version-wins new record (empty-call price): wasm {wasm_empty:.0} ns, native {native_empty:.0} ns\n  \
+         load field-merge: first {:.1} ms (compile or disk cache), cached {:.2} ms",
+        wasm_merge / native_merge,
+        first_load.as_secs_f64() * 1000.0,
+        cached_load.as_secs_f64() * 1000.0,
+    );
+}
