@@ -28,6 +28,8 @@ pub fn test_config(dir: &Path) -> Config {
     config.database.path = dir.join("accord.db");
     // Tests do not need power-loss durability; a crash test that does sets FULL itself.
     config.database.synchronous = accord::config::Synchronous::Normal;
+    // Share compiled policy components between test servers (wasmtime's disk cache).
+    config.policies.cache_dir = Some(std::env::temp_dir().join("accord-test-policy-cache"));
     config
 }
 
