@@ -24,11 +24,16 @@ pub enum ReloadError {
     Policy(#[from] PolicyError),
 }
 
-/// Re-reads the config file and swaps in the policies it names. Entity types
+/// Re-reads the config file (if the server was started with one) and swaps in
+/// the policies it names, loading their components anew. Entity types
 /// and references stay as the server started with them (those need a restart);
 /// `policy` and `policy_settings` of each type take effect.
 pub fn reload(policies: &Policies, running: &Config) -> Result<(), ReloadError> {
-    let fresh = Config::load(running.file.as_deref())?;
+    // Without a config file there is nothing to re-read: reload the components only.
+    let fresh = match &running.file {
+        Some(file) => Config::load(Some(file))?,
+        None => running.clone(),
+    };
     let mut next = running.clone();
     next.policies.dir = fresh.policies.dir.clone();
     for (name, entity) in next.entities.iter_mut() {

@@ -300,3 +300,37 @@ async fn hot_swap_under_load_and_refusing_a_broken_component() {
     assert!(!statuses.is_empty());
     assert!(statuses.iter().all(|s| matches!(s, Ok(200))), "a push failed during the swap: {statuses:?}");
 }
+
+#[tokio::test]
+async fn a_dropped_in_component_is_picked_up_by_the_file_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    let mut config = test_config(dir.path());
+    config.policies.dir = policy_dir.clone();
+    config.entities = BTreeMap::from([("notes".to_string(), entity("house-rule", json!({})))]);
+    // Start on a component file, then replace it with a different one.
+    std::fs::copy(component("compare-and-set"), policy_dir.join("house-rule.wasm")).unwrap();
+    let server = TestServer::start_in(dir, config).await;
+    let key = server.cli_key("alice", &[]);
+    let admin = server.cli_key("alice", &["admin"]);
+    push_one(&server, &key, "notes", rec("n", 1, 0, json!({"v": 0}))).await;
+    assert_eq!(push_one(&server, &key, "notes", rec("n", 5, 0, json!({"v": 1}))).await["status"], "conflict");
+
+    std::fs::copy(component("version-wins"), policy_dir.join("house-rule.wasm")).unwrap();
+    let expected = {
+        use sha2::Digest as _;
+        let bytes = std::fs::read(component("version-wins")).unwrap();
+        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view: Value = server.get("/api/admin/policies", &admin).send().await.unwrap().json().await.unwrap();
+        if view["policies"][0]["sha256"] == expected.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watcher never reloaded: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(push_one(&server, &key, "notes", rec("n", 6, 0, json!({"v": 2}))).await["status"], "applied");
+}
