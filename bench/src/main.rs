@@ -181,6 +181,20 @@ fn push_bodies(prefix: &str, n: usize, batch: usize) -> Vec<String> {
         .collect()
 }
 
+/// POSTs one push body; panics unless it is a 200. Returns the response body.
+async fn post_push(client: &reqwest::Client, base: &str, key: &str, body: String) -> Vec<u8> {
+    let r = client
+        .post(format!("{base}/api/sync/push"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "push failed");
+    r.bytes().await.unwrap().to_vec()
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PullPage<'a> {
@@ -198,16 +212,7 @@ async fn first_sync(n: usize, batch: usize, page: usize) {
 
     let started = Instant::now();
     for body in bodies {
-        let r = client
-            .post(format!("{}/api/sync/push", server.base))
-            .bearer_auth(&server.key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "push failed");
-        r.bytes().await.unwrap();
+        post_push(&client, &server.base, &server.key, body).await;
     }
     let push_secs = started.elapsed().as_secs_f64();
 
@@ -254,16 +259,7 @@ async fn concurrent(clients: usize, seconds: u64, per_push: usize) {
                 let body =
                     serde_json::json!({"pushId": format!("c{c}-{n}"), "changes": {"pages": records}}).to_string();
                 let t = Instant::now();
-                let r = client
-                    .post(format!("{base}/api/sync/push"))
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                r.bytes().await.unwrap();
+                post_push(&client, &base, &key, body).await;
                 latencies.push(t.elapsed());
             }
             latencies
@@ -388,16 +384,8 @@ async fn updates(n: usize, batch: usize) {
         let started = Instant::now();
         let mut statuses: HashMap<String, usize> = HashMap::new();
         for body in bodies {
-            let r = client
-                .post(format!("{}/api/sync/push", server.base))
-                .bearer_auth(&server.key)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            let response = post_push(&client, &server.base, &server.key, body).await;
+            let v: serde_json::Value = serde_json::from_slice(&response).unwrap();
             for res in v["results"]["pages"].as_array().unwrap() {
                 *statuses.entry(res["status"].as_str().unwrap().to_string()).or_default() += 1;
             }
