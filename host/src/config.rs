@@ -36,6 +36,7 @@ pub struct PoliciesConfig {
     /// Folder of `<name>.wasm` policy components; a file here overrides the built-in of that name.
     pub dir: PathBuf,
     /// Where compiled components are cached; default `<database folder>/policy-cache`.
+    /// Artifacts there are loaded as trusted machine code: keep it private to Accord.
     pub cache_dir: Option<PathBuf>,
     /// CPU time one policy call may take, in milliseconds.
     pub cpu_ms: u64,

@@ -1,7 +1,7 @@
 //! Merge policies as WebAssembly components (wasmtime, component model).
 //!
-//! Each policy is compiled once (and cached on disk by wasmtime, keyed by the
-//! component's hash, so a restart does not recompile), pre-linked into an
+//! Each policy is compiled once (and its artifact cached on disk keyed by the
+//! component's hash, so a restart maps it instead of recompiling), pre-linked into an
 //! `InstancePre`, and called on a reused instance. Every call gets a fresh CPU
 //! deadline; every instance has a memory cap and a bounded stack. A call that
 //! traps, times out, runs out of memory or returns invalid output is a
@@ -80,6 +80,9 @@ pub struct Runtime {
     linker: Linker<Sandbox>,
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
+    cache_dir: PathBuf,
+    /// Part of every cached artifact's name: wasmtime version and engine settings.
+    engine_key: String,
 }
 
 impl Drop for Runtime {
@@ -99,12 +102,9 @@ impl Runtime {
         wasm.wasm_component_model(true);
         wasm.epoch_interruption(true);
         wasm.max_wasm_stack(config.stack_kib * 1024);
-        // Compiled components are cached on disk keyed by their hash (and the
-        // engine's settings), so loading a known policy takes about a millisecond.
-        let mut cache = wasmtime::CacheConfig::new();
-        cache.with_directory(cache_dir);
-        wasm.cache(Some(wasmtime::Cache::new(cache).map_err(err)?));
         let engine = Engine::new(&wasm).map_err(err)?;
+        std::fs::create_dir_all(cache_dir)
+            .map_err(|e| PolicyError::Runtime(format!("cannot create {}: {e}", cache_dir.display())))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -122,7 +122,54 @@ impl Runtime {
             })
             .map_err(|e| PolicyError::Runtime(e.to_string()))?;
         let limits = Limits { cpu_ms: config.cpu_ms, memory_bytes: config.memory_mib * 1024 * 1024, max_output_bytes };
-        Ok(Arc::new(Runtime { engine, linker, limits, ticker_stop }))
+        let engine_key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+            format!("{:016x}", std::hash::Hasher::finish(&h))
+        };
+        Ok(Arc::new(Runtime { engine, linker, limits, ticker_stop, cache_dir: cache_dir.to_path_buf(), engine_key }))
+    }
+
+    /// Compiles a component, or maps its compiled artifact from the cache.
+    ///
+    /// Artifacts are keyed by the SHA-256 of the component and by the engine's
+    /// compatibility hash (wasmtime version and settings), so a changed file or
+    /// an upgraded Accord never picks up a stale artifact. Mapping a cached
+    /// artifact takes a fraction of a millisecond; compiling takes ~100 ms.
+    fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let key = hex(&Sha256::digest(bytes));
+        let path = self.cache_dir.join(format!("{key}-{}.cwasm", self.engine_key));
+        if path.is_file() {
+            match self.map_artifact(&path) {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding an unusable cached artifact"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        match component.serialize() {
+            Ok(artifact) => {
+                // Write then rename, so a concurrent reader never maps half a file.
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                if std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::warn!(dir = %self.cache_dir.display(), "cannot write to the policy cache; compiling on every start");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialize a compiled policy"),
+        }
+        Ok(component)
+    }
+
+    #[allow(unsafe_code)]
+    fn map_artifact(&self, path: &Path) -> wasmtime::Result<Component> {
+        // SAFETY: `deserialize_file` trusts the file to be an artifact produced
+        // by `Component::serialize`. Files in this cache are written only by
+        // `compile` above (atomically, via rename) into Accord's own cache
+        // directory, and their name carries this engine's compatibility hash;
+        // wasmtime additionally rejects an artifact whose header does not match
+        // the engine. The directory must not be writable by untrusted users
+        // (documented under `policies.cache_dir`).
+        unsafe { Component::deserialize_file(&self.engine, path) }
     }
 
     /// Compiles (or loads from cache) and checks a component. `what` names the
@@ -134,7 +181,7 @@ impl Runtime {
         source: &str,
         what: &str,
     ) -> Result<Arc<Policy>, PolicyError> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| PolicyError::Invalid {
+        let component = self.compile(bytes).map_err(|e| PolicyError::Invalid {
             what: what.into(),
             origin: source.into(),
             reason: format!("{e:#}"),
