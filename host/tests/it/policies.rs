@@ -334,3 +334,35 @@ async fn a_dropped_in_component_is_picked_up_by_the_file_watcher() {
     }
     assert_eq!(push_one(&server, &key, "notes", rec("n", 6, 0, json!({"v": 2}))).await["status"], "applied");
 }
+
+#[tokio::test]
+async fn compiled_components_are_cached_and_a_bad_artifact_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config(dir.path());
+    let cache = dir.path().join("cache");
+    config.policies.cache_dir = Some(cache.clone());
+    let artifacts = || {
+        let mut names: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".cwasm"))
+            .collect();
+        names.sort();
+        names
+    };
+    accord::server::load_policies(&config).await.unwrap();
+    let first = artifacts();
+    // The default entities use four distinct built-ins.
+    assert_eq!(first.len(), 4, "{first:?}");
+    let stamp = |name: &str| std::fs::metadata(cache.join(name)).unwrap().modified().unwrap();
+    let before: Vec<_> = first.iter().map(|n| stamp(n)).collect();
+    accord::server::load_policies(&config).await.unwrap();
+    assert_eq!(artifacts(), first, "a restart reuses the artifacts");
+    assert_eq!(first.iter().map(|n| stamp(n)).collect::<Vec<_>>(), before, "nothing was recompiled");
+
+    // A damaged artifact is discarded and rebuilt; the policies still load and work.
+    std::fs::write(cache.join(&first[0]), b"not an artifact").unwrap();
+    let policies = accord::server::load_policies(&config).await.unwrap();
+    assert!(std::fs::metadata(cache.join(&first[0])).unwrap().len() > 1000);
+    assert_eq!(policies.current().bindings.len(), 8);
+}
