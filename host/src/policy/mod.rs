@@ -14,23 +14,24 @@ pub mod builtin;
 pub mod cases;
 pub mod reload;
 mod sandbox;
+mod set;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
-use crate::config::{Config, PoliciesConfig};
+use crate::config::PoliciesConfig;
 use crate::store::now_ms;
 use crate::sync::policy::{Decision, MergeInput};
 use sandbox::Sandbox;
 
 pub use bindings::WORLD;
+pub use set::{Binding, Policies, PolicySet, cache_dir, load_all, load_named};
 
 /// The epoch ticks once a millisecond; a call's deadline is `cpu_ms` ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -330,124 +331,4 @@ fn validate(decision: Decision, limits: &Limits) -> Result<Decision, PolicyFailu
         Decision::Reject(r) => Ok(Decision::Reject(clip(r))),
         Decision::Accept => Ok(Decision::Accept),
     }
-}
-
-/// The policy of one entity type, with its settings.
-#[derive(Clone)]
-pub struct Binding {
-    pub policy: Arc<Policy>,
-    /// `policy_settings` as JSON object text.
-    pub settings: String,
-}
-
-/// Policies for every entity type (by the type's index in `sync::Entities`).
-pub struct PolicySet {
-    pub bindings: Vec<(String, Binding)>,
-}
-
-impl PolicySet {
-    /// Decides one record; a failed call is a conflict, never an error of the push.
-    pub fn decide(&self, type_index: usize, input: &MergeInput<'_>) -> Decision {
-        let Some((_, binding)) = self.bindings.get(type_index) else {
-            return Decision::Conflict("policy failed: no policy is bound to this entity type".into());
-        };
-        binding
-            .policy
-            .decide(input, &binding.settings)
-            .unwrap_or_else(|failure| Decision::Conflict(format!("policy failed: {failure}")))
-    }
-
-    /// Loads the policy of each entity type in `order` as `config` names it.
-    /// A policy used by several types is loaded once.
-    pub fn load(runtime: &Arc<Runtime>, config: &Config, order: &[String]) -> Result<PolicySet, PolicyError> {
-        let mut loaded: HashMap<String, Arc<Policy>> = HashMap::new();
-        let mut bindings = Vec::with_capacity(order.len());
-        for entity in order {
-            let e = config.entities.get(entity);
-            let name = e.and_then(|e| e.policy.clone()).unwrap_or_else(|| crate::config::DEFAULT_POLICY.into());
-            let settings = e.map_or_else(|| "{}".to_string(), |e| e.settings_json());
-            let what = format!("entities.{entity}.policy");
-            let policy = match loaded.get(&name) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = load_named(runtime, &config.policies.dir, &name, &what)?;
-                    loaded.insert(name.clone(), p.clone());
-                    p
-                }
-            };
-            tracing::debug!(entity = %entity, policy = %name, source = %policy.source, "policy bound");
-            bindings.push((entity.clone(), Binding { policy, settings }));
-        }
-        Ok(PolicySet { bindings })
-    }
-}
-
-/// `<dir>/<name>.wasm` if present, else the built-in of that name.
-pub fn load_named(runtime: &Arc<Runtime>, dir: &Path, name: &str, what: &str) -> Result<Arc<Policy>, PolicyError> {
-    let path = dir.join(format!("{name}.wasm"));
-    if path.is_file() {
-        let bytes = std::fs::read(&path).map_err(|source| PolicyError::Read {
-            what: what.into(),
-            path: path.clone(),
-            source,
-        })?;
-        return runtime.load(name, &bytes, &path.display().to_string(), what);
-    }
-    match builtin::bytes(name) {
-        Some(bytes) => runtime.load(name, bytes, "built-in", what),
-        None => Err(PolicyError::Unknown {
-            what: what.into(),
-            name: name.into(),
-            path,
-            builtins: builtin::NAMES.join(", "),
-        }),
-    }
-}
-
-/// The active policy set, swapped atomically on reload. Pushes take a
-/// snapshot (`current`) and finish on it even if a reload happens meanwhile.
-pub struct Policies {
-    runtime: Arc<Runtime>,
-    current: RwLock<Arc<PolicySet>>,
-}
-
-impl Policies {
-    pub fn new(runtime: Arc<Runtime>, set: PolicySet) -> Policies {
-        Policies { runtime, current: RwLock::new(Arc::new(set)) }
-    }
-
-    pub fn current(&self) -> Arc<PolicySet> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
-    }
-
-    /// Builds a new set; switches to it only if every policy loads.
-    pub fn reload(&self, config: &Config, order: &[String]) -> Result<(), PolicyError> {
-        let set = PolicySet::load(&self.runtime, config, order)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
-        Ok(())
-    }
-}
-
-/// Where compiled components are cached: `policies.cache_dir`, else beside
-/// the database. Absolute, as wasmtime's cache requires.
-pub fn cache_dir(config: &Config) -> PathBuf {
-    let dir = match &config.policies.cache_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            config.database.path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf).join("policy-cache")
-        }
-    };
-    std::path::absolute(&dir).unwrap_or(dir)
-}
-
-/// Creates the runtime and loads the configured set (blocking: compiles).
-pub fn load_all(config: &Config) -> Result<Arc<Policies>, PolicyError> {
-    let order = config.entity_order().map_err(|e| PolicyError::Runtime(e.to_string()))?;
-    let runtime = Runtime::new(&config.policies, &cache_dir(config), config.sync.max_record_bytes)?;
-    let set = PolicySet::load(&runtime, config, &order)?;
-    Ok(Arc::new(Policies::new(runtime, set)))
 }
