@@ -1,8 +1,9 @@
 //! Schema migrations: numbered `.sql` files from `migrations/`, embedded at build time.
 //!
 //! All pending migrations are applied in one transaction and recorded in
-//! `schema_migrations`; a database that records a migration this binary does
-//! not know was written by a newer release and is refused.
+//! `schema_migrations` (and the newest version in SQLite's `user_version`); a
+//! database that records a version this binary does not know was written by
+//! a newer release and is refused.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -32,9 +33,12 @@ pub fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
          ) STRICT;",
     )?;
     let applied = applied_versions(&tx)?;
-    if let Some(&newest) = applied.iter().max()
-        && newest > latest_version()
-    {
+    // The newest version recorded either in our table or in SQLite's
+    // `user_version` header field (which we keep equal to it, and which
+    // outside tools see without knowing our tables).
+    let header: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let newest = applied.iter().copied().max().unwrap_or(0).max(header);
+    if newest > latest_version() {
         return Err(StoreError::FutureSchema { database: newest, binary: latest_version() });
     }
     let mut count = 0;
@@ -48,6 +52,7 @@ pub fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
         tracing::info!(version = m.version, name = m.name, "applied migration");
         count += 1;
     }
+    tx.pragma_update(None, "user_version", latest_version())?;
     tx.commit()?;
     Ok(count)
 }

@@ -30,6 +30,14 @@ fn fresh_rerun_and_future() {
         conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'api_keys'", [], |r| r.get(0)).unwrap();
     assert_eq!(tables, 1);
 
+    assert_eq!(conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), latest);
+    // A newer `user_version` in the file header alone is refused too.
+    conn.pragma_update(None, "user_version", latest + 5).unwrap();
+    let out = cli(&["migrate"], &env, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("newer"));
+    conn.pragma_update(None, "user_version", latest).unwrap();
+
     // A database that records a migration this binary does not know is refused.
     conn.execute(
         "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, 'from_the_future', 0)",
