@@ -22,6 +22,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::UsageRecorder;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::sync::SyncCore;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub store: Store,
     pub usage: UsageRecorder,
     pub sync: SyncCore,
+    pub metrics: Arc<Metrics>,
     /// Turns true when the server starts shutting down (ends event streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -42,6 +44,7 @@ pub struct AppState {
 /// The whole HTTP application, without a socket (tests can drive it in-process).
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
+    let metrics = state.metrics.clone();
     let cors = cors_layer(&state.config.server.cors_origins);
     let api = Router::new()
         .route("/api/api-keys", get(keys::list).post(keys::create))
@@ -53,6 +56,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/sync/conflicts/{id}/resolve", post(sync::resolve))
         .route("/api/admin/policies", get(admin::policies))
         .route("/api/admin/reload", post(admin::reload))
+        .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(ops::not_found)
@@ -63,7 +67,7 @@ pub fn app(state: AppState) -> Router {
         .layer(RequestDecompressionLayer::new().gzip(true))
         .layer(CompressionLayer::new().gzip(true))
         .layer(CatchPanicLayer::custom(ops::panic_response))
-        .layer(axum::middleware::from_fn(sync::log_client_aborts))
+        .layer(axum::middleware::from_fn_with_state(metrics, sync::log_client_aborts))
         .layer(TraceLayer::new_for_http());
     if let Some(cors) = cors {
         app = app.layer(cors);

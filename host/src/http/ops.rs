@@ -7,6 +7,12 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 
+/// `GET /metrics`: Prometheus text format. Aggregate counters only — no user data.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let text = state.metrics.render(&state.sync.policies().current());
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
 /// The process is up and serving HTTP.
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))

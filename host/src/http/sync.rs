@@ -6,16 +6,19 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
+use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt as _};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use std::sync::Arc;
+
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Principal, Scope};
+use crate::metrics::Metrics;
 use crate::sync::{ConflictQuery, PullQuery, Resolution};
 
 fn json_response(body: impl Into<Body>) -> Response {
@@ -67,7 +70,9 @@ pub async fn events(
     caller.require(Scope::SyncRead)?;
     let user = caller.user_id;
     let sync = state.sync.clone();
+    let open = state.metrics.stream_opened();
     let changes = BroadcastStream::new(state.sync.subscribe()).filter_map(move |notice| {
+        let _open = &open; // the gauge drops when the stream does
         let event = match notice {
             Ok(n) if n.user == user => {
                 let cursor = sync.cursor_at(n.seq);
@@ -143,25 +148,33 @@ pub async fn resolve(
     Ok(json_response(state.sync.resolve(&caller.user_id, &id, resolution).await?))
 }
 
-/// Logs requests whose client went away before the response was sent (info, not error).
-pub async fn log_client_aborts(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Counts responses by status class, and logs requests whose client went
+/// away before the response was sent (info, not error).
+pub async fn log_client_aborts(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     struct Guard {
         route: String,
         declared_bytes: Option<u64>,
         done: bool,
+        metrics: Arc<Metrics>,
     }
     impl Drop for Guard {
         fn drop(&mut self) {
             if !self.done {
+                self.metrics.client_abort();
                 tracing::info!(route = %self.route, bytes = ?self.declared_bytes, "client aborted the request");
             }
         }
     }
     let declared_bytes =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let mut guard =
-        Guard { route: format!("{} {}", request.method(), request.uri().path()), declared_bytes, done: false };
+    let route = format!("{} {}", request.method(), request.uri().path());
+    let mut guard = Guard { route, declared_bytes, done: false, metrics };
     let response = next.run(request).await;
     guard.done = true;
-    response.into_response()
+    guard.metrics.response(response.status().as_u16());
+    response
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::config::{Config, ConfigError, SyncConfig};
+use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::store::{Notice, Store, StoreError, now_ms};
 
@@ -114,6 +115,7 @@ pub struct SyncCore {
     /// This database's identity, part of every cursor.
     epoch: Arc<str>,
     policies: Arc<Policies>,
+    metrics: Arc<Metrics>,
 }
 
 /// A random public id (conflicts): 24 lowercase hex digits.
@@ -130,10 +132,16 @@ fn new_id() -> String {
 }
 
 impl SyncCore {
-    pub async fn new(store: Store, config: &Config, policies: Arc<Policies>) -> Result<SyncCore, SetupError> {
+    pub async fn new(
+        store: Store,
+        config: &Config,
+        policies: Arc<Policies>,
+        metrics: Arc<Metrics>,
+    ) -> Result<SyncCore, SetupError> {
         let entities = Arc::new(Entities::from_config(config)?);
         let epoch = store.read(|tx| tx.sync_state()).await?.epoch;
-        Ok(SyncCore { store, entities, limits: Arc::new(config.sync.clone()), epoch: epoch.into(), policies })
+        let limits = Arc::new(config.sync.clone());
+        Ok(SyncCore { store, entities, limits, epoch: epoch.into(), policies, metrics })
     }
 
     pub fn policies(&self) -> &Arc<Policies> {
@@ -171,7 +179,14 @@ impl SyncCore {
             })
             .await?;
         match applied {
-            push::Applied::Fresh { response, .. } | push::Applied::Replay(response) => Ok(response),
+            push::Applied::Fresh { response, counts, .. } => {
+                self.metrics.push(&counts);
+                Ok(response)
+            }
+            push::Applied::Replay(response) => {
+                self.metrics.push_replayed();
+                Ok(response)
+            }
             push::Applied::PushIdReused => Err(SyncError::Invalid(
                 "this pushId was already used with a different body; use a new pushId for new changes".into(),
             )),
@@ -192,8 +207,12 @@ impl SyncCore {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let page = self.read_page(user, &since, &types, limit).await?;
-            let Some(rx) = notices.as_mut().filter(|_| page.empty) else { return Ok(page.body) };
+            let Some(rx) = notices.as_mut().filter(|_| page.records == 0) else {
+                self.metrics.pull(page.records);
+                return Ok(page.body);
+            };
             if !wait_for_user(rx, user, deadline).await {
+                self.metrics.pull(0);
                 return Ok(page.body);
             }
         }

@@ -23,7 +23,7 @@ pub struct PullQuery {
 
 pub struct Page {
     pub body: Vec<u8>,
-    pub empty: bool,
+    pub records: usize,
 }
 
 pub fn since(cursor: Option<&str>) -> Result<Option<(String, i64)>, SyncError> {
@@ -112,5 +112,5 @@ pub fn page(
     out.extend_from_slice(b"},\"cursor\":");
     json::push_str(&mut out, &cursor::encode(&state.epoch, next));
     let _ = write!(out, ",\"hasMore\":{has_more}}}");
-    Ok(Page { body: out, empty: rows.is_empty() })
+    Ok(Page { body: out, records: rows.len() })
 }

@@ -6,13 +6,14 @@ use std::io::Write as _;
 use super::policy::{Decision, MergeInput};
 use super::wire::{Incoming, PushRequest};
 use super::{Entities, EntityType, cursor, json};
+use crate::metrics::OutcomeCounts;
 use crate::policy::PolicySet;
 use crate::store::{NewConflict, RecordRow, StoreError, Tx};
 
 /// How a push ended inside the transaction.
 pub enum Applied {
     /// A new push: its response, and the last sequence it wrote (if it wrote any).
-    Fresh { response: String, wrote_up_to: Option<i64> },
+    Fresh { response: String, wrote_up_to: Option<i64>, counts: OutcomeCounts },
     /// The same `pushId` and body were seen before: the stored response.
     Replay(String),
     /// The same `pushId` with a different body.
@@ -25,6 +26,19 @@ enum Outcome {
     Merged(RecordRow),
     Conflict { server: Option<RecordRow>, conflict_id: String, reason: String },
     Rejected(String),
+}
+
+impl Outcome {
+    /// Position in `Metrics::OUTCOMES`.
+    fn index(&self) -> usize {
+        match self {
+            Outcome::Applied(_) => 0,
+            Outcome::Unchanged(_) => 1,
+            Outcome::Merged(_) => 2,
+            Outcome::Conflict { .. } => 3,
+            Outcome::Rejected(_) => 4,
+        }
+    }
 }
 
 pub fn apply(
@@ -44,6 +58,7 @@ pub fn apply(
     let mut seq = state.last_seq;
     // (type index, id) → whether the record survived (anything but `rejected`).
     let mut fate: HashMap<(usize, &str), bool> = HashMap::with_capacity(req.record_count);
+    let mut counts: OutcomeCounts = [0; 5];
     let mut out = Vec::with_capacity(req.record_count * 64 + 64);
     out.extend_from_slice(b"{\"results\":{");
     for (g, (type_index, records)) in req.groups.iter().enumerate() {
@@ -59,6 +74,7 @@ pub fn apply(
                 None => decide_and_write(tx, user, ty, *type_index, policies, incoming, now, &mut seq)?,
             };
             fate.insert((*type_index, incoming.id.as_str()), !matches!(outcome, Outcome::Rejected(_)));
+            counts[outcome.index()] += 1;
             if i > 0 {
                 out.push(b',');
             }
@@ -78,7 +94,7 @@ pub fn apply(
     if let Some(push_id) = &req.push_id {
         tx.log_push(user, push_id, &req.body_hash, &response, now)?;
     }
-    Ok(Applied::Fresh { response, wrote_up_to })
+    Ok(Applied::Fresh { response, wrote_up_to, counts })
 }
 
 /// A reason to reject when a reference names no record of this user, or a

@@ -319,3 +319,36 @@ async fn event_streams_end_on_shutdown() {
     assert!(ended.is_ok(), "the event stream did not end on shutdown");
     tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("server stopped").unwrap();
 }
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let server = TestServer::start().await;
+    let key = server.cli_key("alice", &[]);
+    push_ok(&server, &key, &pages(0..3)).await;
+    let stale = json!({"changes": {"pages": [{"id": "p0", "version": 1, "data": {"other": true}}]}});
+    push_ok(&server, &key, &stale).await;
+    pull(&server, &key, "").await;
+    let r = server.client.get(server.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = server.client.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for line in [
+        "accord_pushes_total 2",
+        "accord_push_records_total{status=\"applied\"} 3",
+        "accord_push_records_total{status=\"conflict\"} 1",
+        "accord_pulls_total 1",
+        "accord_pulled_records_total 3",
+        "accord_policy_calls_total{entity=\"pages\",policy=\"field-merge\"} 4",
+        "accord_policy_failures_total{entity=\"pages\",policy=\"field-merge\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+    let not_found: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("accord_http_responses_total{class=\"4xx\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(not_found >= 1);
+}
