@@ -39,7 +39,7 @@ impl Sandbox {
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)
             .instances(16)
-            .memories(4)
+            .memories(1)
             .tables(16)
             .trap_on_grow_failure(true)
             .build();

@@ -281,7 +281,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             // Every job is dropped unrun; its caller sees `Closed`-like failure via the dropped channel.
             continue;
         }
-        let mut finished = Vec::with_capacity(group.len());
+        let mut finished: Vec<Box<dyn FnOnce(Result<(), StoreError>) + Send>> = Vec::with_capacity(group.len());
         for job in group {
             if let Err(e) = conn.execute_batch("SAVEPOINT job") {
                 tracing::error!(error = %e, "cannot open savepoint");
@@ -299,6 +299,18 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => {
                     tracing::error!("a write job panicked; its changes were rolled back");
                     let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                }
+            }
+            // Some errors (disk full, I/O) make SQLite roll back the whole
+            // transaction. The jobs before this point are then lost: tell their
+            // callers, and open a fresh transaction for the rest of the group.
+            if conn.is_autocommit() {
+                tracing::error!("the write transaction was rolled back by SQLite; failing the jobs in it");
+                for finish in finished.drain(..) {
+                    finish(Err(StoreError::Commit("the transaction was rolled back".into())));
+                }
+                if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                    tracing::error!(error = %e, "cannot begin write transaction");
                 }
             }
         }

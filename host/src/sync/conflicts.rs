@@ -138,7 +138,10 @@ pub async fn resolve(
             let (data, deleted) = match resolution {
                 Resolution::Server => match &current {
                     Some(c) => (c.data.clone(), c.deleted),
-                    None => data_of(conflict.server.as_deref().unwrap_or(&conflict.incoming))?,
+                    None => {
+                        let why = "the server has no record to keep; take the incoming one or give a record";
+                        return Ok((Err(SyncError::Conflict(why.into())), None));
+                    }
                 },
                 Resolution::Incoming => data_of(&conflict.incoming)?,
                 Resolution::Record { data, deleted } => (data, deleted),
@@ -149,7 +152,7 @@ pub async fn resolve(
             let row = RecordRow {
                 entity: conflict.entity.clone(),
                 id: conflict.record_id.clone(),
-                version: current.as_ref().map_or(1, |c| c.version + 1),
+                version: current.as_ref().map_or(1, |c| c.version.saturating_add(1)),
                 deleted,
                 data,
                 updated_at: now,

@@ -31,6 +31,28 @@ pub fn depth(text: &str) -> usize {
     max
 }
 
+/// Copies JSON text into `out` without the whitespace between tokens.
+pub fn compact_into(text: &str, out: &mut Vec<u8>) {
+    out.clear();
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            continue;
+        }
+        out.push(b);
+    }
+}
+
 /// True when two JSON texts denote the same value (fast path: same bytes).
 pub fn same_value(a: &str, b: &str) -> bool {
     if a == b {
@@ -66,6 +88,13 @@ mod tests {
         assert_eq!(depth("{}"), 1);
         assert_eq!(depth(r#"{"a":[{"b":"]]}}{{\"["}]}"#), 3);
         assert_eq!(depth("3"), 0);
+    }
+
+    #[test]
+    fn compaction_keeps_strings() {
+        let mut out = Vec::new();
+        compact_into("{ \"a b\" : [1, \"x \\\" y\"] }", &mut out);
+        assert_eq!(String::from_utf8(out).expect("utf-8"), r#"{"a b":[1,"x \" y"]}"#);
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub fn apply(
     }
     let state = tx.sync_state()?;
     let mut seq = state.last_seq;
-    // (type index, id) → whether the record survived (anything but `rejected`).
+    // (type index, id) → whether the record exists once this push commits.
     let mut fate: HashMap<(usize, &str), bool> = HashMap::with_capacity(req.record_count);
     let mut counts: OutcomeCounts = [0; 5];
     let mut out = Vec::with_capacity(req.record_count * 64 + 64);
@@ -73,7 +73,9 @@ pub fn apply(
                 Some(reason) => Outcome::Rejected(reason),
                 None => decide_and_write(tx, user, ty, *type_index, policies, incoming, now, &mut seq)?,
             };
-            fate.insert((*type_index, incoming.id.as_str()), !matches!(outcome, Outcome::Rejected(_)));
+            // A child may only lean on a parent that exists once this push commits.
+            let stored = !matches!(outcome, Outcome::Rejected(_) | Outcome::Conflict { server: None, .. });
+            fate.insert((*type_index, incoming.id.as_str()), stored);
             counts[outcome.index()] += 1;
             if i > 0 {
                 out.push(b',');
@@ -111,7 +113,10 @@ fn check_refs(
         match fate.get(&(r.target_index, parent.as_str())) {
             Some(true) => continue,
             Some(false) => {
-                return Ok(Some(format!("{} names {} {parent:?}, which was rejected in this push", r.field, r.target)));
+                return Ok(Some(format!(
+                    "{} names {} {parent:?}, which this push did not store (rejected or in conflict)",
+                    r.field, r.target
+                )));
             }
             None => {}
         }
@@ -153,7 +158,7 @@ fn decide_and_write(
     };
     let input = MergeInput { entity: &ty.name, user, server: server.as_ref(), base: base.as_ref(), incoming };
     let decision = policies.decide(type_index, &input);
-    let version = server.as_ref().map_or(incoming.version, |s| (s.version + 1).max(incoming.version));
+    let version = server.as_ref().map_or(incoming.version, |s| s.version.saturating_add(1).max(incoming.version));
     let mut store_as = |data: &str, deleted: bool| -> Result<RecordRow, StoreError> {
         *seq += 1;
         let row = RecordRow {

@@ -13,6 +13,9 @@ use crate::config::SyncConfig;
 
 /// Longest record id, `pushId` or `clientId`, in characters.
 pub const MAX_ID_CHARS: usize = 128;
+/// Largest accepted `version`/`baseVersion`: the largest integer every JSON
+/// client (JavaScript included) represents exactly.
+pub const MAX_VERSION: i64 = (1 << 53) - 1;
 
 /// One incoming record, validated.
 #[derive(Clone, Debug)]
@@ -46,7 +49,37 @@ struct PushBody<'a> {
     #[serde(default)]
     push_id: Option<Value>,
     #[serde(borrow)]
-    changes: BTreeMap<String, Vec<&'a RawValue>>,
+    changes: Changes<'a>,
+}
+
+/// `changes` in body order; an entity type named twice is an error rather
+/// than silently keeping only the last list.
+struct Changes<'a>(Vec<(String, Vec<&'a RawValue>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Changes<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Entries<'a> {
+            type Value = Changes<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object mapping entity types to arrays of records")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Changes<'a>, A::Error> {
+                let mut out: Vec<(String, Vec<&'a RawValue>)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "entity type `{key}` appears twice in `changes`"
+                        )));
+                    }
+                    let records: Vec<&'a RawValue> = map.next_value()?;
+                    out.push((key, records));
+                }
+                Ok(Changes(out))
+            }
+        }
+        deserializer.deserialize_map(Entries(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -69,15 +102,15 @@ pub fn parse_push(body: &[u8], entities: &Entities, limits: &SyncConfig) -> Resu
     let push_id = optional_id(parsed.push_id, "pushId")?;
     optional_id(parsed.client_id, "clientId")?;
 
-    let record_count: usize = parsed.changes.values().map(Vec::len).sum();
+    let record_count: usize = parsed.changes.0.iter().map(|(_, r)| r.len()).sum();
     if record_count > limits.max_records_per_push {
         return Err(SyncError::TooLarge(format!(
             "the push holds {record_count} records; the limit is {} (sync.max_records_per_push) — split it",
             limits.max_records_per_push
         )));
     }
-    let mut groups = Vec::with_capacity(parsed.changes.len());
-    for (name, records) in &parsed.changes {
+    let mut groups = Vec::with_capacity(parsed.changes.0.len());
+    for (name, records) in &parsed.changes.0 {
         let index = entities
             .index_of(name)
             .ok_or_else(|| SyncError::Invalid(format!("changes.{name}: unknown entity type `{name}`")))?;
@@ -95,7 +128,33 @@ pub fn parse_push(body: &[u8], entities: &Entities, limits: &SyncConfig) -> Resu
         groups.push((index, out));
     }
     groups.sort_by_key(|(index, _)| *index);
-    Ok(PushRequest { push_id, body_hash: Sha256::digest(body).into(), groups, record_count })
+    let body_hash = request_hash(push_id.as_deref(), &groups, entities);
+    Ok(PushRequest { push_id, body_hash, groups, record_count })
+}
+
+/// A fingerprint of what a push asks for, for `pushId` replays: the records
+/// and their fields, with JSON whitespace ignored, so a retry that re-encodes
+/// the same body differently still matches (key order inside `data` does count).
+fn request_hash(push_id: Option<&str>, groups: &[(usize, Vec<Incoming>)], entities: &Entities) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(push_id.unwrap_or("").as_bytes());
+    let mut compact = Vec::new();
+    for (index, records) in groups {
+        field(entities.types[*index].name.as_bytes());
+        for r in records {
+            field(r.id.as_bytes());
+            field(&r.version.to_le_bytes());
+            field(&r.base_version.to_le_bytes());
+            field(&[u8::from(r.deleted)]);
+            json::compact_into(&r.data, &mut compact);
+            field(&compact);
+        }
+    }
+    hasher.finalize().into()
 }
 
 fn body_error(e: &serde_json::Error) -> SyncError {
@@ -135,14 +194,14 @@ fn parse_record(raw: &RawValue, at: &str, ty: &super::EntityType, limits: &SyncC
     };
     let at_id = |what: &str| SyncError::Invalid(format!("{at} (id {id:?}): {what}"));
     let version = match body.version.as_ref().and_then(Value::as_i64) {
-        Some(v) if v > 0 => v,
-        _ => return Err(at_id("field `version` must be a positive integer")),
+        Some(v) if v > 0 && v <= MAX_VERSION => v,
+        _ => return Err(at_id("field `version` must be an integer from 1 to 2^53-1")),
     };
     let base_version = match &body.base_version {
         None | Some(Value::Null) => 0,
         Some(v) => match v.as_i64() {
-            Some(b) if b >= 0 => b,
-            _ => return Err(at_id("field `baseVersion` must be a non-negative integer")),
+            Some(b) if (0..=MAX_VERSION).contains(&b) => b,
+            _ => return Err(at_id("field `baseVersion` must be an integer from 0 to 2^53-1")),
         },
     };
     let deleted = match &body.deleted {

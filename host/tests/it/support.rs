@@ -130,6 +130,8 @@ pub fn cli(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> Output {
             cmd.env_remove(k);
         }
     }
+    // Compiled policies go to a shared temporary cache, never into the source tree.
+    cmd.env("ACCORD_POLICIES__CACHE_DIR", std::env::temp_dir().join("accord-test-policy-cache"));
     cmd.envs(env.iter().copied());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);

@@ -197,6 +197,27 @@ async fn invalid_records_fail_the_whole_push() {
     assert_eq!(status, 422);
     let (status, _) = push(&server, &key, &json!({"changes": []})).await;
     assert_eq!(status, 422);
+    // The same entity type twice in `changes` would silently lose one list: 422.
+    let twice = r#"{"changes": {"pages": [{"id": "a", "version": 1, "data": {}}], "pages": [{"id": "b", "version": 1, "data": {}}]}}"#;
+    let r = server
+        .client
+        .post(server.url("/api/sync/push"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(twice)
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 422).await;
+    assert!(p["detail"].as_str().unwrap().contains("twice"), "{p}");
+    // Versions beyond 2^53-1 are refused (clients could not represent them).
+    let (status, _) = push(
+        &server,
+        &key,
+        &json!({"changes": {"pages": [{"id": "big", "version": 9007199254740992_i64, "data": {}}]}}),
+    )
+    .await;
+    assert_eq!(status, 422);
     let r = server
         .client
         .post(server.url("/api/sync/push"))
@@ -223,6 +244,18 @@ async fn push_ids_make_retries_safe() {
     let first = server.post("/api/sync/push", &alice, &body).send().await.unwrap().text().await.unwrap();
     let second = server.post("/api/sync/push", &alice, &body).send().await.unwrap().text().await.unwrap();
     assert_eq!(first, second, "a retry gets the identical response");
+    // A retry whose body is encoded differently (whitespace) is still the same push.
+    let pretty = serde_json::to_string_pretty(&body).unwrap();
+    let r = server
+        .client
+        .post(server.url("/api/sync/push"))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body(pretty)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), first);
     let page = pull(&server, &alice, "").await;
     assert_eq!(page["changes"]["pages"].as_array().unwrap().len(), 2);
     let cursor_after = page["cursor"].clone();

@@ -43,7 +43,8 @@ pub fn decide(input: &MergeInput) -> Decision {
     }
     let rules: Settings = match settings(input) {
         Ok(s) => s,
-        Err(e) => return Decision::Reject(e),
+        // A configuration mistake must not make the client drop its record: keep it as a conflict.
+        Err(e) => return Decision::Conflict(format!("policy failed: {e}")),
     };
     let parsed = (object(&base.data), object(&server.data), object(&incoming.data));
     let (Ok(b), Ok(s), Ok(i)) = parsed else {

@@ -12,9 +12,13 @@ struct Settings {
 
 pub fn decide(input: &MergeInput) -> Decision {
     let Some(server) = &input.server else { return Decision::Accept };
+    if input.incoming.deleted {
+        return Decision::Accept;
+    }
     let field = match settings::<Settings>(input) {
         Ok(s) => s.field,
-        Err(e) => return Decision::Reject(format!("max-wins needs policy_settings.field: {e}")),
+        // A configuration mistake must not make the client drop its record: keep it as a conflict.
+        Err(e) => return Decision::Conflict(format!("policy failed: max-wins needs policy_settings.field: {e}")),
     };
     let number = |data: &str| object(data).ok().and_then(|m| m.get(&field).and_then(serde_json::Value::as_f64));
     let Some(mine) = number(&input.incoming.data) else {
@@ -47,6 +51,13 @@ mod tests {
             decide(&with(input(server.clone(), None, incoming(2, 0, r#"{"score":3}"#)))),
             Decision::Merged { .. }
         ));
-        assert!(matches!(decide(&with(input(server, None, incoming(2, 0, r#"{"score":"x"}"#)))), Decision::Reject(_)));
+        assert!(matches!(
+            decide(&with(input(server.clone(), None, incoming(2, 0, r#"{"score":"x"}"#)))),
+            Decision::Reject(_)
+        ));
+        let mut delete = incoming(2, 1, "{}");
+        delete.deleted = true;
+        assert_eq!(decide(&with(input(server.clone(), None, delete))), Decision::Accept);
+        assert!(matches!(decide(&input(server, None, incoming(2, 0, r#"{"score":1}"#))), Decision::Conflict(_)));
     }
 }
