@@ -92,10 +92,13 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Tells a job's caller how the group transaction ended.
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// The outcome of running one job inside the group transaction.
 struct Ran {
     keep: bool,
-    finish: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    finish: Finish,
 }
 
 type Job = Box<dyn FnOnce(&Connection) -> Ran + Send>;
@@ -281,7 +284,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             // Every job is dropped unrun; its caller sees `Closed`-like failure via the dropped channel.
             continue;
         }
-        let mut finished: Vec<Box<dyn FnOnce(Result<(), StoreError>) + Send>> = Vec::with_capacity(group.len());
+        let mut finished: Vec<Finish> = Vec::with_capacity(group.len());
         for job in group {
             if let Err(e) = conn.execute_batch("SAVEPOINT job") {
                 tracing::error!(error = %e, "cannot open savepoint");
