@@ -64,8 +64,8 @@ pub async fn serve_on(
     let policies = load_policies(&config).await?;
     let (usage, usage_task) = UsageRecorder::start(store.clone());
     let metrics = Arc::new(Metrics::default());
-    let sync = SyncCore::new(store.clone(), &config, policies.clone(), metrics.clone()).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let sync = SyncCore::new(store.clone(), &config, policies.clone(), metrics.clone(), shutdown_rx.clone()).await?;
     let janitor = tokio::spawn(expire_pushes(sync.clone()));
     let config = Arc::new(config);
     policy::reload::spawn_reloaders(policies, config.clone(), shutdown_rx.clone());

@@ -27,7 +27,7 @@ use crate::store::Store;
 use crate::sync::SyncCore;
 
 pub use extract::ApiJson;
-pub use problem::ApiError;
+pub use problem::{ApiError, ensure_problem};
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -113,6 +113,39 @@ impl From<SyncError> for ApiError {
     }
 }
 
+/// Turns an error response produced outside our handlers (e.g. by a tower
+/// layer rejecting a `Content-Encoding`) into a problem document with the same
+/// status, keeping its other headers.
+pub fn ensure_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json");
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let reason = status.canonical_reason().unwrap_or("request refused").to_lowercase();
+    let error = match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound(reason),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(reason),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(reason),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::UnsupportedMediaType("unsupported Content-Type or Content-Encoding (gzip is accepted)".into())
+        }
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(reason),
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(reason),
+        s if s.is_server_error() => ApiError::Internal(format!("a layer answered {s}")),
+        _ => ApiError::BadRequest(reason),
+    };
+    let (mut parts, _) = response.into_parts();
+    let problem = error.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in problem.headers() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    let mut out = Response::from_parts(parts, problem.into_body());
+    *out.status_mut() = status;
+    out
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();

@@ -83,11 +83,28 @@ pub async fn events(
         };
         std::future::ready(event.map(Ok))
     });
-    let mut shutdown = state.shutdown.clone();
-    let stream = changes.take_until(async move {
-        let _ = shutdown.wait_for(|stopping| *stopping).await;
-    });
     let heartbeat = Duration::from_secs(state.config.sync.heartbeat_secs);
+    let mut shutdown = state.shutdown.clone();
+    let (store, key_id) = (state.store.clone(), caller.key_id);
+    // The stream ends on shutdown, and when the API key it was opened with is
+    // revoked (checked every heartbeat), so a revoked key stops working at once
+    // for streams too.
+    let stream = changes.take_until(async move {
+        let revoked = async {
+            let Some(id) = key_id else { return std::future::pending::<()>().await };
+            loop {
+                tokio::time::sleep(heartbeat).await;
+                let id = id.clone();
+                if let Ok(false) = store.read(move |tx| tx.api_key_active(&id)).await {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+            () = revoked => {}
+        }
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")))
 }
 
@@ -148,8 +165,9 @@ pub async fn resolve(
     Ok(json_response(state.sync.resolve(&caller.user_id, &id, resolution).await?))
 }
 
-/// Counts responses by status class, and logs requests whose client went
-/// away before the response was sent (info, not error).
+/// Counts responses by status class, turns any error response that is not
+/// yet a problem document into one, and logs requests whose client went away
+/// before the response was sent (info, not error).
 pub async fn log_client_aborts(
     State(metrics): State<Arc<Metrics>>,
     request: axum::extract::Request,
@@ -176,5 +194,5 @@ pub async fn log_client_aborts(
     let response = next.run(request).await;
     guard.done = true;
     guard.metrics.response(response.status().as_u16());
-    response
+    super::ensure_problem(response)
 }

@@ -88,6 +88,16 @@ impl Tx<'_> {
         Ok(self.conn.prepare_cached(&sql)?.query_row([&hash[..]], from_row).optional()?)
     }
 
+    /// True while the key exists and is not revoked.
+    pub fn api_key_active(&self, key_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT revoked_at IS NULL FROM api_keys WHERE id = ?1")?
+            .query_row([key_id], |r| r.get::<_, bool>(0))
+            .optional()?
+            .unwrap_or(false))
+    }
+
     /// The keys of one user, oldest first, revoked ones included.
     pub fn api_keys_of(&self, user_id: &str) -> Result<Vec<ApiKeyRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE user_id = ?1 ORDER BY created_at, id");

@@ -116,6 +116,8 @@ pub struct SyncCore {
     epoch: Arc<str>,
     policies: Arc<Policies>,
     metrics: Arc<Metrics>,
+    /// Turns true on shutdown; long polls answer at once then.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A random public id (conflicts): 24 lowercase hex digits.
@@ -137,11 +139,12 @@ impl SyncCore {
         config: &Config,
         policies: Arc<Policies>,
         metrics: Arc<Metrics>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<SyncCore, SetupError> {
         let entities = Arc::new(Entities::from_config(config)?);
         let epoch = store.read(|tx| tx.sync_state()).await?.epoch;
         let limits = Arc::new(config.sync.clone());
-        Ok(SyncCore { store, entities, limits, epoch: epoch.into(), policies, metrics })
+        Ok(SyncCore { store, entities, limits, epoch: epoch.into(), policies, metrics, shutdown })
     }
 
     pub fn policies(&self) -> &Arc<Policies> {
@@ -211,7 +214,7 @@ impl SyncCore {
                 self.metrics.pull(page.records);
                 return Ok(page.body);
             };
-            if !wait_for_user(rx, user, deadline).await {
+            if !wait_for_user(rx, user, deadline, self.shutdown.clone()).await {
                 self.metrics.pull(0);
                 return Ok(page.body);
             }
@@ -253,10 +256,20 @@ impl SyncCore {
     }
 }
 
-/// Waits until a notice for `user` arrives (true) or `deadline` passes (false).
-async fn wait_for_user(rx: &mut broadcast::Receiver<Notice>, user: &str, deadline: tokio::time::Instant) -> bool {
+/// Waits until a notice for `user` arrives (true), or `deadline` passes or
+/// the server starts shutting down (false).
+async fn wait_for_user(
+    rx: &mut broadcast::Receiver<Notice>,
+    user: &str,
+    deadline: tokio::time::Instant,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> bool {
     loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, rx.recv()) => next,
+            _ = shutdown.wait_for(|stopping| *stopping) => return false,
+        };
+        match next {
             Err(_) => return false,
             Ok(Ok(notice)) if notice.user == user => return true,
             Ok(Ok(_)) => {}

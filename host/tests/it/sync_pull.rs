@@ -352,3 +352,29 @@ async fn metrics_count_what_happened() {
         .unwrap();
     assert!(not_found >= 1);
 }
+
+#[tokio::test]
+async fn a_revoked_key_ends_its_event_stream_and_shutdown_ends_long_polls() {
+    let server = TestServer::start_with(|c| c.sync.heartbeat_secs = 1).await;
+    let manager = server.cli_key("alice", &[]);
+    let r =
+        server.post("/api/api-keys", &manager, &json!({"name": "tab", "scopes": ["sync:read"]})).send().await.unwrap();
+    let created: Value = r.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    let mut stream = server.get("/api/sync/events", &key).send().await.unwrap().bytes_stream();
+    let r =
+        server.delete(&format!("/api/api-keys/{}", created["id"].as_str().unwrap()), &manager).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), async { while let Some(Ok(_)) = stream.next().await {} }).await;
+    assert!(ended.is_ok(), "the stream of a revoked key kept running");
+
+    // A long poll answers (empty) as soon as shutdown begins, not after `wait`.
+    let cursor = pull(&server, &manager, "").await["cursor"].as_str().unwrap().to_string();
+    let waiting = tokio::spawn(server.get(&format!("/api/sync/pull?since={cursor}&wait=30"), &manager).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(server.stop());
+    let answered = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("long poll answered");
+    assert_eq!(answered.unwrap().unwrap().status(), 200);
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("server stopped").unwrap();
+}

@@ -316,5 +316,17 @@ async fn gzip_push_and_pull() {
     assert_eq!(r.headers().get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
     let bytes = r.bytes().await.unwrap();
     let page: Value = serde_json::from_reader(flate2::read::GzDecoder::new(&bytes[..])).unwrap();
+    // An encoding the server does not speak is a 415 problem, not a bare status.
+    let r = server
+        .client
+        .post(server.url("/api/sync/push"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body("whatever")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 415).await;
     assert_eq!(page["changes"]["pages"].as_array().unwrap().len(), 50);
 }
