@@ -33,6 +33,9 @@ enum Command {
     Migrate,
     /// Load and validate the configuration, print the result and exit (exit code 2 if invalid).
     CheckConfig,
+    /// Invalidate every client's pull cursor (they get 410 and pull from the beginning).
+    /// Run it, with the server stopped, after restoring a database backup.
+    ResetCursors,
     /// Manage API keys directly in the database (works while the server runs).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -154,6 +157,13 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             let store = server::open_store(&config).await.map_err(|e| e.to_string())?;
             println!("database {} is at schema version {}", store.path().display(), store::latest_version());
             store.close().await;
+            Ok(())
+        }
+        Command::ResetCursors => {
+            let store = server::open_store(&config).await.map_err(|e| e.to_string())?;
+            let epoch = store.write(|tx| tx.new_epoch()).await.map_err(|e| e.to_string());
+            store.close().await;
+            println!("new database epoch {}: clients will pull again from the beginning", epoch?);
             Ok(())
         }
         Command::CheckConfig => {

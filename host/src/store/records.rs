@@ -44,6 +44,13 @@ impl Tx<'_> {
             .query_row([], |r| Ok(SyncState { last_seq: r.get(0)?, epoch: r.get(1)? }))?)
     }
 
+    /// Gives the database a new identity, so every cursor issued before is
+    /// answered with 410 (after restoring a backup).
+    pub fn new_epoch(&self) -> Result<String, StoreError> {
+        self.conn.execute_batch("UPDATE sync_state SET epoch = lower(hex(randomblob(8))) WHERE id = 1")?;
+        Ok(self.sync_state()?.epoch)
+    }
+
     pub fn set_last_seq(&self, seq: i64) -> Result<(), StoreError> {
         self.conn.prepare_cached("UPDATE sync_state SET last_seq = ?1 WHERE id = 1")?.execute([seq])?;
         Ok(())

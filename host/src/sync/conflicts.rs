@@ -125,7 +125,7 @@ pub async fn resolve(
         }
     }
     let (user, id) = (user.to_string(), conflict_id.to_string());
-    let histories: Vec<(String, u32)> = entities.types.iter().map(|t| (t.name.clone(), t.history)).collect();
+    let types = entities.types.clone();
     store
         .write_notifying(move |tx| {
             let Some(conflict) = tx.conflict(&user, &id)? else {
@@ -144,7 +144,20 @@ pub async fn resolve(
                     }
                 },
                 Resolution::Incoming => data_of(&conflict.incoming)?,
-                Resolution::Record { data, deleted } => (data, deleted),
+                Resolution::Record { data, deleted } => {
+                    // A hand-written record gets the same reference check as a push.
+                    if let Some(ty) = types.iter().find(|t| t.name == conflict.entity) {
+                        let values = super::wire::reference_values(&data, ty).unwrap_or_default();
+                        for (r, value) in ty.refs.iter().zip(values) {
+                            let Some(parent) = value else { continue };
+                            if !tx.record_exists(&user, &r.target, &parent)? {
+                                let why = format!("record.data.{} names no {} record {parent:?}", r.field, r.target);
+                                return Ok((Err(SyncError::Invalid(why)), None));
+                            }
+                        }
+                    }
+                    (data, deleted)
+                }
             };
             let state = tx.sync_state()?;
             let seq = state.last_seq + 1;
@@ -158,7 +171,7 @@ pub async fn resolve(
                 updated_at: now,
                 seq,
             };
-            let keep = histories.iter().find(|(n, _)| *n == conflict.entity).map_or(0, |(_, h)| *h);
+            let keep = types.iter().find(|t| t.name == conflict.entity).map_or(0, |t| t.history);
             tx.put_record(&user, &row, current.as_ref(), keep)?;
             tx.set_last_seq(seq)?;
             tx.mark_conflict_resolved(&user, &id, now)?;

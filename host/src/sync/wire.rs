@@ -238,7 +238,7 @@ fn parse_record(raw: &RawValue, at: &str, ty: &super::EntityType, limits: &SyncC
 }
 
 /// Reads the type's reference fields out of `data`.
-fn reference_values(data: &str, ty: &super::EntityType) -> Result<Vec<Option<String>>, String> {
+pub(crate) fn reference_values(data: &str, ty: &super::EntityType) -> Result<Vec<Option<String>>, String> {
     let fields: BTreeMap<String, &RawValue> =
         serde_json::from_str(data).map_err(|e| format!("field `data` is not a valid object: {e}"))?;
     ty.refs

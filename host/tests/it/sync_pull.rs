@@ -378,3 +378,54 @@ async fn a_revoked_key_ends_its_event_stream_and_shutdown_ends_long_polls() {
     assert_eq!(answered.unwrap().unwrap().status(), 200);
     tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("server stopped").unwrap();
 }
+
+#[tokio::test]
+async fn reset_cursors_after_a_restore() {
+    let keep = tempfile::tempdir().unwrap();
+    let config = crate::support::test_config(keep.path());
+    let db = config.database.path.clone();
+    let server = TestServer::start_in(tempfile::tempdir().unwrap(), config.clone()).await;
+    let key = server.cli_key("alice", &[]);
+    push_ok(&server, &key, &pages(0..2)).await;
+    let cursor = pull(&server, &key, "").await["cursor"].as_str().unwrap().to_string();
+    server.stop().await;
+
+    let out = crate::support::cli(&["reset-cursors"], &[("ACCORD_DATABASE__PATH", db.to_str().unwrap())], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let server = TestServer::start_in(tempfile::tempdir().unwrap(), config).await;
+    let r = server.get(&format!("/api/sync/pull?since={cursor}"), &key).send().await.unwrap();
+    expect_problem(r, 410).await;
+    assert_eq!(pull_all(&server, &key).await.len(), 2, "a full resync still gets everything");
+}
+
+#[tokio::test]
+async fn a_hand_written_resolution_is_reference_checked() {
+    let server = TestServer::start().await;
+    let key = server.cli_key("alice", &[]);
+    push_ok(&server, &key, &json!({"changes": {"contexts": [{"id": "c1", "version": 1, "data": {}}], "topics": [{"id": "t1", "version": 1, "data": {"contextId": "c1", "title": "a"}}]}})).await;
+    let r = push_ok(
+        &server,
+        &key,
+        &json!({"changes": {"topics": [{"id": "t1", "version": 2, "data": {"contextId": "c1", "title": "b"}}]}}),
+    )
+    .await;
+    let id = results(&r, "topics")[0]["conflictId"].as_str().unwrap().to_string();
+    let r = server
+        .post(&format!("/api/sync/conflicts/{id}/resolve"), &key, &json!({"record": {"data": {"contextId": "nope"}}}))
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 422).await;
+    assert!(p["detail"].as_str().unwrap().contains("contextId"), "{p}");
+    let r = server
+        .post(
+            &format!("/api/sync/conflicts/{id}/resolve"),
+            &key,
+            &json!({"record": {"data": {"contextId": "c1", "title": "ab"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
