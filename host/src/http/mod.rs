@@ -4,6 +4,7 @@
 mod admin;
 mod extract;
 pub mod keys;
+mod observe;
 mod ops;
 mod problem;
 mod sync;
@@ -67,7 +68,7 @@ pub fn app(state: AppState) -> Router {
         .layer(RequestDecompressionLayer::new().gzip(true))
         .layer(CompressionLayer::new().gzip(true))
         .layer(CatchPanicLayer::custom(ops::panic_response))
-        .layer(axum::middleware::from_fn_with_state(metrics, sync::log_client_aborts))
+        .layer(axum::middleware::from_fn_with_state(metrics, observe::observe))
         .layer(TraceLayer::new_for_http());
     if let Some(cors) = cors {
         app = app.layer(cors);
