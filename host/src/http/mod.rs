@@ -58,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/admin/policies", get(admin::policies))
         .route("/api/admin/reload", post(admin::reload))
         .route("/metrics", get(ops::metrics))
+        .route("/api/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(ops::not_found)

@@ -13,6 +13,12 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
+/// `GET /api/openapi.json`: the API as OpenAPI 3.1 (kept beside the routes; a test
+/// checks that every route is in it).
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
 /// The process is up and serving HTTP.
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))

@@ -78,3 +78,28 @@ async fn cors_answers_configured_origins() {
     let r = server.client.get(server.url("/healthz")).header("origin", "https://evil.example").send().await.unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let server = TestServer::start().await;
+    let r = server.client.get(server.url("/api/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every route the router declares is documented, with the same methods.
+    let router = include_str!("../../src/http/mod.rs");
+    let mut routes = 0;
+    for line in router.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line.split('"').nth(1).unwrap();
+        let entry = &doc["paths"][path];
+        assert!(entry.is_object(), "{path} is not in openapi.json");
+        for method in ["get", "post", "delete"] {
+            if line.contains(&format!("{method}(")) {
+                assert!(entry[method].is_object(), "{method} {path} is not in openapi.json");
+            }
+        }
+        routes += 1;
+    }
+    assert!(routes >= 13, "found only {routes} routes");
+    assert_eq!(doc["paths"].as_object().unwrap().len(), routes, "openapi.json documents a route that does not exist");
+}
