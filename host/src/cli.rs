@@ -150,7 +150,7 @@ impl From<String> for Failure {
 async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<(), Failure> {
     match command {
         Command::Serve => server::serve(config, server::shutdown_signal()).await.map_err(|e| match e {
-            server::ServeError::Policy(_) => Failure::Config(e.to_string()),
+            server::ServeError::Policy(_) | server::ServeError::Jwt(_) => Failure::Config(e.to_string()),
             other => Failure::Other(other.to_string()),
         }),
         Command::Migrate => {
@@ -173,6 +173,10 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             println!("  database.path = {}", config.database.path.display());
             let order = config.entity_order().map_err(|e| Failure::Config(e.to_string()))?;
             println!("  entities = {}", order.join(", "));
+            let jwt = crate::auth::jwt::JwtVerifier::from_config(&config.auth.jwt)
+                .await
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            println!("  auth.jwt = {}", if jwt.is_some() { "on" } else { "off (API keys only)" });
             let policies = server::load_policies(&config).await.map_err(|e| Failure::Config(e.to_string()))?;
             for (entity, binding) in &policies.current().bindings {
                 println!("  {entity}: {} ({})", binding.policy.name, binding.policy.source);

@@ -20,6 +20,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
     pub sync: SyncConfig,
     pub policies: PoliciesConfig,
     /// Entity types by name. Empty (no `[entities]` anywhere) means the notes
@@ -28,6 +29,75 @@ pub struct Config {
     /// The file this configuration was read from, if any (for reloads).
     #[serde(skip)]
     pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub jwt: JwtConfig,
+}
+
+/// `[auth.jwt]`: JWT is on when exactly one key source is set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Accepted `alg` values; anything else (and `none`) is refused.
+    pub algorithms: Vec<String>,
+    /// HMAC secret for HS256/384/512.
+    pub secret: Option<Secret>,
+    /// PEM file of the IdP's public key (RSA, EC or Ed25519).
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS file; re-read when a token names an unknown `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL (e.g. the IdP's `jwks_uri`); fetched at startup and on an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Clock skew allowed for `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// The claim holding the user id: `sub`, or `oid` for Azure AD.
+    pub user_claim: String,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into(), "HS256".into()],
+            secret: None,
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 60,
+            user_claim: "sub".into(),
+        }
+    }
+}
+
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -71,6 +141,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
             sync: SyncConfig::default(),
             policies: PoliciesConfig::default(),
             entities: default_entities(),

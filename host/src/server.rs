@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::UsageRecorder;
+use crate::auth::jwt::{JwtSetupError, JwtVerifier};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -22,6 +23,8 @@ pub enum ServeError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Jwt(#[from] JwtSetupError),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -69,7 +72,8 @@ pub async fn serve_on(
     let janitor = tokio::spawn(expire_pushes(sync.clone()));
     let config = Arc::new(config);
     policy::reload::spawn_reloaders(policies, config.clone(), shutdown_rx.clone());
-    let state = AppState { config, store: store.clone(), usage, sync, metrics, shutdown: shutdown_rx };
+    let jwt = JwtVerifier::from_config(&config.auth.jwt).await?.map(Arc::new);
+    let state = AppState { config, store: store.clone(), usage, sync, metrics, jwt, shutdown: shutdown_rx };
     let router = http::app(state);
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %store.path().display(), "accord listening");

@@ -6,6 +6,7 @@
 //! distinct errors so logs can tell them apart; clients see one 401 each.
 
 pub mod apikey;
+pub mod jwt;
 pub mod usage;
 
 use std::fmt;
@@ -82,13 +83,27 @@ pub enum AuthError {
     #[error("token is not an API key and no JWT verifier is configured")]
     NotAnApiKey,
     #[error(transparent)]
+    Jwt(#[from] jwt::JwtError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Resolves a bearer token to a principal.
-pub async fn authenticate(store: &Store, usage: &UsageRecorder, token: &str) -> Result<Principal, AuthError> {
+/// What a JWT-authenticated user may do: everything but administration,
+/// which needs an API key with the `admin` scope.
+pub const JWT_SCOPES: [Scope; 3] = [Scope::SyncRead, Scope::SyncWrite, Scope::KeysManage];
+
+/// Resolves a bearer token to a principal: a `ka_` API key first, else a JWT
+/// (when a verifier is configured).
+pub async fn authenticate(
+    store: &Store,
+    usage: &UsageRecorder,
+    jwt: Option<&jwt::JwtVerifier>,
+    token: &str,
+) -> Result<Principal, AuthError> {
     if !token.starts_with(apikey::PREFIX) {
-        return Err(AuthError::NotAnApiKey);
+        let verifier = jwt.ok_or(AuthError::NotAnApiKey)?;
+        let user_id = verifier.verify(token).await?;
+        return Ok(Principal { user_id, scopes: JWT_SCOPES.to_vec(), key_id: None });
     }
     let hash = apikey::hash(token).ok_or(AuthError::Malformed("not a well-formed ka_ key"))?;
     let row = store.read(move |conn| conn.api_key_by_hash(&hash)).await?.ok_or(AuthError::UnknownKey)?;

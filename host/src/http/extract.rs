@@ -23,7 +23,7 @@ impl FromRequestParts<AppState> for Principal {
         if token.is_empty() {
             return Err(AuthError::Missing.into());
         }
-        Ok(auth::authenticate(&state.store, &state.usage, token).await?)
+        Ok(auth::authenticate(&state.store, &state.usage, state.jwt.as_deref(), token).await?)
     }
 }
 

@@ -38,6 +38,8 @@ pub struct AppState {
     pub usage: UsageRecorder,
     pub sync: SyncCore,
     pub metrics: Arc<Metrics>,
+    /// Verifies JWT bearer tokens; `None` when `[auth.jwt]` sets no key source.
+    pub jwt: Option<Arc<crate::auth::jwt::JwtVerifier>>,
     /// Turns true when the server starts shutting down (ends event streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

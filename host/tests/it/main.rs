@@ -5,6 +5,7 @@ mod support;
 
 mod cli_config;
 mod http_basics;
+mod jwt;
 mod keys;
 mod migrations;
 mod policies;

@@ -1,0 +1,224 @@
+//! JWT bearer tokens: signature (HMAC secret, a PEM public key, or a JWKS from
+//! a file or URL), allowed algorithms, `iss`, `aud`, expiry with leeway, and
+//! the claim that names the user.
+//!
+//! `alg: none` and any algorithm not configured are refused. A token whose
+//! `kid` is not in the cached JWKS makes the verifier re-read the JWKS once
+//! (at most every `JWKS_MIN_REFRESH` for URLs), so rotated IdP keys work
+//! without a restart.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use tokio::sync::RwLock;
+
+use crate::config::JwtConfig;
+
+/// Least time between two fetches of a JWKS URL (unknown `kid`s cannot force more).
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token signed by an unknown key id {0:?}")]
+    UnknownKey(String),
+    #[error("the token has no usable `{0}` claim")]
+    NoUser(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JwtSetupError(pub String);
+
+enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+pub struct JwtVerifier {
+    validation: Validation,
+    static_key: Option<DecodingKey>,
+    jwks_source: Option<JwksSource>,
+    jwks: RwLock<JwkSet>,
+    last_fetch: Mutex<Option<Instant>>,
+    user_claim: String,
+    http: reqwest::Client,
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, JwtSetupError> {
+    let known = [
+        ("HS256", Algorithm::HS256),
+        ("HS384", Algorithm::HS384),
+        ("HS512", Algorithm::HS512),
+        ("RS256", Algorithm::RS256),
+        ("RS384", Algorithm::RS384),
+        ("RS512", Algorithm::RS512),
+        ("PS256", Algorithm::PS256),
+        ("PS384", Algorithm::PS384),
+        ("PS512", Algorithm::PS512),
+        ("ES256", Algorithm::ES256),
+        ("ES384", Algorithm::ES384),
+        ("EdDSA", Algorithm::EdDSA),
+    ];
+    known.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).ok_or_else(|| {
+        let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+        JwtSetupError(format!(
+            "config key `auth.jwt.algorithms`: unknown algorithm `{name}` (known: {})",
+            names.join(", ")
+        ))
+    })
+}
+
+impl JwtVerifier {
+    /// `None` when no key source is configured (JWT disabled).
+    pub async fn from_config(cfg: &JwtConfig) -> Result<Option<JwtVerifier>, JwtSetupError> {
+        let sources =
+            [cfg.secret.is_some(), cfg.public_key_file.is_some(), cfg.jwks_file.is_some(), cfg.jwks_url.is_some()];
+        match sources.iter().filter(|s| **s).count() {
+            0 => return Ok(None),
+            1 => {}
+            _ => {
+                return Err(JwtSetupError(
+                    "config keys `auth.jwt`: set exactly one of secret, public_key_file, jwks_file, jwks_url".into(),
+                ));
+            }
+        }
+        let algorithms = cfg.algorithms.iter().map(|a| parse_algorithm(a)).collect::<Result<Vec<_>, _>>()?;
+        if algorithms.is_empty() {
+            return Err(JwtSetupError("config key `auth.jwt.algorithms`: name at least one algorithm".into()));
+        }
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = cfg.leeway_secs;
+        validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
+        match &cfg.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &cfg.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let static_key = if let Some(secret) = &cfg.secret {
+            Some(DecodingKey::from_secret(secret.expose().as_bytes()))
+        } else if let Some(path) = &cfg.public_key_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                JwtSetupError(format!("config key `auth.jwt.public_key_file`: cannot read {}: {e}", path.display()))
+            })?;
+            let key = DecodingKey::from_rsa_pem(&pem)
+                .or_else(|_| DecodingKey::from_ec_pem(&pem))
+                .or_else(|_| DecodingKey::from_ed_pem(&pem))
+                .map_err(|e| {
+                    JwtSetupError(format!(
+                        "config key `auth.jwt.public_key_file`: {} is not an RSA, EC or Ed25519 public key: {e}",
+                        path.display()
+                    ))
+                })?;
+            Some(key)
+        } else {
+            None
+        };
+        let jwks_source = match (&cfg.jwks_file, &cfg.jwks_url) {
+            (Some(f), _) => Some(JwksSource::File(f.clone())),
+            (None, Some(u)) => Some(JwksSource::Url(u.clone())),
+            _ => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| JwtSetupError(format!("cannot build the JWKS HTTP client: {e}")))?;
+        let verifier = JwtVerifier {
+            validation,
+            static_key,
+            jwks_source,
+            jwks: RwLock::new(JwkSet { keys: Vec::new() }),
+            last_fetch: Mutex::new(None),
+            user_claim: cfg.user_claim.clone(),
+            http,
+        };
+        match &verifier.jwks_source {
+            // A file must be right at startup; a URL may be down for a moment.
+            Some(JwksSource::File(_)) => verifier.refresh(true).await.map_err(JwtSetupError)?,
+            Some(JwksSource::Url(url)) => {
+                if let Err(e) = verifier.refresh(true).await {
+                    tracing::warn!(url = %url, error = %e, "JWKS not loaded yet; retrying when a token arrives");
+                }
+            }
+            None => {}
+        }
+        Ok(Some(verifier))
+    }
+
+    /// Re-reads the JWKS; URLs at most every `JWKS_MIN_REFRESH` unless `force`.
+    async fn refresh(&self, force: bool) -> Result<(), String> {
+        let Some(source) = &self.jwks_source else { return Ok(()) };
+        let text = match source {
+            JwksSource::File(path) => tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("config key `auth.jwt.jwks_file`: cannot read {}: {e}", path.display()))?,
+            JwksSource::Url(url) => {
+                {
+                    let mut last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+                    if !force && last.is_some_and(|t| t.elapsed() < JWKS_MIN_REFRESH) {
+                        return Ok(());
+                    }
+                    *last = Some(Instant::now());
+                }
+                let response = self.http.get(url).send().await.map_err(|e| format!("fetching {url}: {e}"))?;
+                if !response.status().is_success() {
+                    return Err(format!("fetching {url}: HTTP {}", response.status()));
+                }
+                response.text().await.map_err(|e| format!("reading {url}: {e}"))?
+            }
+        };
+        let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("the JWKS is not valid: {e}"))?;
+        *self.jwks.write().await = set;
+        Ok(())
+    }
+
+    async fn key_for(&self, kid: Option<&str>) -> Result<DecodingKey, JwtError> {
+        if let Some(key) = &self.static_key {
+            return Ok(key.clone());
+        }
+        let lookup = |set: &JwkSet| -> Option<Result<DecodingKey, JwtError>> {
+            let jwk = match kid {
+                Some(kid) => set.find(kid)?,
+                None if set.keys.len() == 1 => &set.keys[0],
+                None => {
+                    return Some(Err(JwtError::Invalid("the token has no `kid` and the JWKS has several keys".into())));
+                }
+            };
+            Some(DecodingKey::from_jwk(jwk).map_err(|e| JwtError::Invalid(format!("unusable JWK: {e}"))))
+        };
+        if let Some(found) = lookup(&*self.jwks.read().await) {
+            return found;
+        }
+        // Unknown kid: the IdP may have rotated its keys.
+        if let Err(e) = self.refresh(false).await {
+            tracing::warn!(error = %e, "JWKS refresh failed");
+        }
+        lookup(&*self.jwks.read().await).unwrap_or_else(|| Err(JwtError::UnknownKey(kid.unwrap_or("").to_string())))
+    }
+
+    /// Verifies `token` and returns the user id it names.
+    pub async fn verify(&self, token: &str) -> Result<String, JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| JwtError::Invalid(e.to_string()))?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err(JwtError::Invalid(format!("algorithm {:?} is not allowed", header.alg)));
+        }
+        let key = self.key_for(header.kid.as_deref()).await?;
+        let data = jsonwebtoken::decode::<Value>(token, &key, &self.validation)
+            .map_err(|e| JwtError::Invalid(e.to_string()))?;
+        match data.claims.get(&self.user_claim) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            _ => Err(JwtError::NoUser(self.user_claim.clone())),
+        }
+    }
+}
