@@ -206,8 +206,8 @@ impl JwtVerifier {
         lookup(&*self.jwks.read().await).unwrap_or_else(|| Err(JwtError::UnknownKey(kid.unwrap_or("").to_string())))
     }
 
-    /// Verifies `token` and returns the user id it names.
-    pub async fn verify(&self, token: &str) -> Result<String, JwtError> {
+    /// Verifies `token`; returns the user id it names and its `exp` (unix seconds).
+    pub async fn verify(&self, token: &str) -> Result<(String, u64), JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| JwtError::Invalid(e.to_string()))?;
         if !self.validation.algorithms.contains(&header.alg) {
             return Err(JwtError::Invalid(format!("algorithm {:?} is not allowed", header.alg)));
@@ -215,10 +215,13 @@ impl JwtVerifier {
         let key = self.key_for(header.kid.as_deref()).await?;
         let data = jsonwebtoken::decode::<Value>(token, &key, &self.validation)
             .map_err(|e| JwtError::Invalid(e.to_string()))?;
-        match data.claims.get(&self.user_claim) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            Some(Value::Number(n)) => Ok(n.to_string()),
-            _ => Err(JwtError::NoUser(self.user_claim.clone())),
-        }
+        // `exp` is a required claim, so validation guarantees it is present.
+        let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let user = match data.claims.get(&self.user_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(JwtError::NoUser(self.user_claim.clone())),
+        };
+        Ok((user, exp))
     }
 }

@@ -61,6 +61,8 @@ pub struct Principal {
     pub scopes: Vec<Scope>,
     /// The API key used, if the caller used one.
     pub key_id: Option<String>,
+    /// When the credential stops being valid (a JWT's `exp`, unix seconds).
+    pub expires_at: Option<u64>,
 }
 
 impl Principal {
@@ -102,8 +104,8 @@ pub async fn authenticate(
 ) -> Result<Principal, AuthError> {
     if !token.starts_with(apikey::PREFIX) {
         let verifier = jwt.ok_or(AuthError::NotAnApiKey)?;
-        let user_id = verifier.verify(token).await?;
-        return Ok(Principal { user_id, scopes: JWT_SCOPES.to_vec(), key_id: None });
+        let (user_id, exp) = verifier.verify(token).await?;
+        return Ok(Principal { user_id, scopes: JWT_SCOPES.to_vec(), key_id: None, expires_at: Some(exp) });
     }
     let hash = apikey::hash(token).ok_or(AuthError::Malformed("not a well-formed ka_ key"))?;
     let row = store.read(move |conn| conn.api_key_by_hash(&hash)).await?.ok_or(AuthError::UnknownKey)?;
@@ -115,5 +117,6 @@ pub async fn authenticate(
         user_id: row.user_id,
         scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
         key_id: Some(row.id),
+        expires_at: None,
     })
 }

@@ -82,13 +82,17 @@ pub async fn events(
     });
     let heartbeat = Duration::from_secs(state.config.sync.heartbeat_secs);
     let mut shutdown = state.shutdown.clone();
-    let (store, key_id) = (state.store.clone(), caller.key_id);
-    // The stream ends on shutdown, and when the API key it was opened with is
-    // revoked (checked every heartbeat), so a revoked key stops working at once
-    // for streams too.
+    let (store, key_id, expires_at) = (state.store.clone(), caller.key_id, caller.expires_at);
+    // The stream ends on shutdown, when the API key it was opened with is
+    // revoked (checked every heartbeat), and when the JWT it was opened with
+    // expires: a credential that stops working stops its streams too.
     let stream = changes.take_until(async move {
         let revoked = async {
-            let Some(id) = key_id else { return std::future::pending::<()>().await };
+            let Some(id) = key_id else {
+                let Some(exp) = expires_at else { return std::future::pending::<()>().await };
+                let left = exp.saturating_sub(crate::store::now_ms().max(0) as u64 / 1000);
+                return tokio::time::sleep(Duration::from_secs(left)).await;
+            };
             loop {
                 tokio::time::sleep(heartbeat).await;
                 let id = id.clone();
