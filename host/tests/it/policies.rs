@@ -366,3 +366,50 @@ async fn compiled_components_are_cached_and_a_bad_artifact_is_recompiled() {
     assert!(std::fs::metadata(cache.join(&first[0])).unwrap().len() > 1000);
     assert_eq!(policies.current().bindings.len(), 8);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accord.toml");
+    let db = dir.path().join("accord.db");
+    let write = |policy: &str| {
+        let text = format!(
+            "[database]\npath = {:?}\n[policies]\nwatch = false\ncache_dir = {:?}\n[entities.pages]\npolicy = {policy:?}\n",
+            db.display().to_string(),
+            std::env::temp_dir().join("accord-test-policy-cache").display().to_string()
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("field-merge");
+    let config = file.to_str().unwrap();
+    let out = cli(
+        &["keys", "create", "--user", "root", "--name", "admin", "--scope", "admin", "--config", config],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let served =
+        crate::support::spawn_serve(dir.path(), &[("ACCORD_CONFIG", config), ("ACCORD_SERVER__BIND", "127.0.0.1:0")]);
+    let client = reqwest::Client::new();
+    let policy = || async {
+        let view: Value = client
+            .get(format!("http://{}/api/admin/policies", served.addr))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        view["policies"][0]["policy"].as_str().unwrap().to_string()
+    };
+    assert_eq!(policy().await, "field-merge");
+    write("version-wins");
+    std::process::Command::new("kill").args(["-HUP", &served.child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy().await != "version-wins" {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the policies");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
