@@ -2,10 +2,13 @@
 //! error is a problem document, and logs client aborts.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::Response;
+use futures_util::TryStreamExt as _;
 
 use crate::metrics::Metrics;
 
@@ -20,6 +23,7 @@ pub async fn observe(
     struct Guard {
         route: String,
         declared_bytes: Option<u64>,
+        received: Arc<AtomicU64>,
         done: bool,
         metrics: Arc<Metrics>,
     }
@@ -27,14 +31,24 @@ pub async fn observe(
         fn drop(&mut self) {
             if !self.done {
                 self.metrics.client_abort();
-                tracing::info!(route = %self.route, bytes = ?self.declared_bytes, "client aborted the request");
+                let received = self.received.load(Relaxed);
+                tracing::info!(route = %self.route, bytes = received, declared = ?self.declared_bytes,
+                    "client aborted the request");
             }
         }
     }
     let declared_bytes =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let route = format!("{} {}", request.method(), request.uri().path());
-    let mut guard = Guard { route, declared_bytes, done: false, metrics };
+    // Count the body bytes as they arrive, so an abort can say how far the upload got.
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let (parts, body) = request.into_parts();
+    let body = Body::from_stream(body.into_data_stream().inspect_ok(move |chunk| {
+        counter.fetch_add(chunk.len() as u64, Relaxed);
+    }));
+    let request = axum::extract::Request::from_parts(parts, body);
+    let mut guard = Guard { route, declared_bytes, received, done: false, metrics };
     let response = next.run(request).await;
     guard.done = true;
     guard.metrics.response(response.status().as_u16());
