@@ -4,22 +4,42 @@ use std::io::Write as _;
 
 use crate::store::RecordRow;
 
+/// Tracks whether a byte of JSON text is inside a string literal.
+#[derive(Default)]
+struct Strings {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    /// Feeds one byte; true when it is structural (outside any string, not a quote).
+    fn structural(&mut self, b: u8) -> bool {
+        if self.inside {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.inside = false;
+            }
+            false
+        } else if b == b'"' {
+            self.inside = true;
+            false
+        } else {
+            true
+        }
+    }
+}
+
 /// Deepest nesting of objects and arrays in `text` (a scalar is 0, `{}` is 1).
 pub fn depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    let (mut strings, mut depth, mut max) = (Strings::default(), 0usize, 0usize);
     for &b in text.as_bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if !strings.structural(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 max = max.max(depth);
@@ -34,19 +54,9 @@ pub fn depth(text: &str) -> usize {
 /// Copies JSON text into `out` without the whitespace between tokens.
 pub fn compact_into(text: &str, out: &mut Vec<u8>) {
     out.clear();
-    let (mut in_string, mut escaped) = (false, false);
+    let mut strings = Strings::default();
     for &b in text.as_bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+        if strings.structural(b) && matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
             continue;
         }
         out.push(b);

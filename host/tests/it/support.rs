@@ -248,3 +248,14 @@ impl RemoteServer {
         panic!("pull never finished");
     }
 }
+
+/// True when a response stream (e.g. SSE) ends within `secs` seconds.
+pub async fn ends_within(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    secs: u64,
+) -> bool {
+    use futures_util::StreamExt as _;
+    tokio::time::timeout(Duration::from_secs(secs), async { while let Some(Ok(_)) = stream.next().await {} })
+        .await
+        .is_ok()
+}
