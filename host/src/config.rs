@@ -22,6 +22,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub sync: SyncConfig,
+    pub quotas: QuotaConfig,
     pub policies: PoliciesConfig,
     /// Entity types by name. Empty (no `[entities]` anywhere) means the notes
     /// app's eight types, see [`default_entities`].
@@ -143,6 +144,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             sync: SyncConfig::default(),
+            quotas: QuotaConfig::default(),
             policies: PoliciesConfig::default(),
             entities: default_entities(),
             file: None,
@@ -169,6 +171,8 @@ pub struct SyncConfig {
     pub history: u32,
     /// How long a `pushId` and its response are kept for safe retries, in hours.
     pub push_retention_hours: u64,
+    /// How long a resolved conflict stays listed before it is deleted, in days.
+    pub conflict_retention_days: u64,
     /// Longest `wait` a long-polling pull may ask for, in seconds.
     pub max_wait_secs: u64,
     /// Interval of SSE heartbeat comments on `/api/sync/events`, in seconds.
@@ -186,9 +190,29 @@ impl Default for SyncConfig {
             max_page_bytes: 4 * 1024 * 1024,
             history: 20,
             push_retention_hours: 24,
+            conflict_retention_days: 30,
             max_wait_secs: 30,
             heartbeat_secs: 15,
         }
+    }
+}
+
+/// `[quotas]`: what one user may store; 0 means unlimited. A push or a
+/// resolution that would take a user past one is refused whole with `507`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Current records, tombstones included.
+    pub records: u64,
+    /// Bytes of JSON text: current records, open conflicts, stored pushId responses.
+    pub bytes: u64,
+    /// Conflicts not yet resolved.
+    pub open_conflicts: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self { records: 1_000_000, bytes: 1024 * 1024 * 1024, open_conflicts: 10_000 }
     }
 }
 
@@ -245,6 +269,8 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Largest accepted request body (after decompression), in bytes.
     pub max_body_bytes: usize,
+    /// Bytes of push bodies held and parsed at once, server-wide; beyond: `503`.
+    pub max_parsing_bytes: usize,
     /// Origins allowed by CORS; empty disables CORS, `"*"` allows any origin.
     pub cors_origins: Vec<String>,
     /// How long graceful shutdown waits for in-flight requests, in seconds.
@@ -256,6 +282,7 @@ impl Default for ServerConfig {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 32 * 1024 * 1024,
+            max_parsing_bytes: 64 * 1024 * 1024,
             cors_origins: Vec::new(),
             shutdown_grace_secs: 30,
         }
@@ -273,6 +300,9 @@ pub struct DatabaseConfig {
     pub busy_timeout_ms: u64,
     /// Read connections kept open for queries running beside the writer.
     pub readers: usize,
+    /// Write jobs (pushes, resolutions) that may wait for the writer; one
+    /// user may hold an eighth of them. Beyond: `503` with `Retry-After`.
+    pub write_queue: usize,
 }
 
 impl Default for DatabaseConfig {
@@ -282,6 +312,7 @@ impl Default for DatabaseConfig {
             synchronous: Synchronous::Full,
             busy_timeout_ms: 5000,
             readers: 4,
+            write_queue: 1024,
         }
     }
 }
@@ -405,11 +436,17 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return bad("server.max_body_bytes", "must be greater than 0");
         }
+        if self.server.max_parsing_bytes < self.server.max_body_bytes {
+            return bad("server.max_parsing_bytes", "must be at least server.max_body_bytes");
+        }
         if self.database.path.as_os_str().is_empty() {
             return bad("database.path", "must not be empty");
         }
         if self.database.readers == 0 {
             return bad("database.readers", "must be at least 1");
+        }
+        if self.database.write_queue < 8 {
+            return bad("database.write_queue", "must be at least 8");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &format!("not a valid filter: {e}"));

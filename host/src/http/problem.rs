@@ -37,6 +37,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A per-user quota is used up (507).
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -71,6 +74,7 @@ impl ApiError {
             }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "Invalid input"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            ApiError::QuotaExceeded(_) => (StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded", "Quota exceeded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
         }
     }
@@ -94,6 +98,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("no such resource".into()),
             StoreError::Busy | StoreError::Closed => ApiError::Unavailable(format!("{e}; retry")),
+            StoreError::QueueFull => {
+                ApiError::Unavailable("too many writes are waiting (database.write_queue); retry shortly".into())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -108,6 +115,8 @@ impl From<SyncError> for ApiError {
             SyncError::CursorGone(m) => ApiError::Gone(m),
             SyncError::NotFound(m) => ApiError::NotFound(m),
             SyncError::Conflict(m) => ApiError::Conflict(m),
+            SyncError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
+            SyncError::Busy(m) => ApiError::Unavailable(m),
             SyncError::Store(e) => e.into(),
         }
     }
@@ -163,6 +172,10 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // Everything answered 503 is momentary (busy database, full queues).
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -30,7 +30,8 @@ pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) 
     caller.require(Scope::SyncWrite)?;
     let limit = state.config.server.max_body_bytes;
     let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
+    let budget = state.sync.body_budget();
+    let mut buf = budget.start();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             tracing::info!(route = "/api/sync/push", bytes = buf.len(), error = %e, "client aborted the upload");
@@ -41,9 +42,9 @@ pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) 
                 "the request body is larger than {limit} bytes (server.max_body_bytes)"
             )));
         }
-        buf.extend_from_slice(&chunk);
+        budget.extend(&mut buf, &chunk)?;
     }
-    let response = state.sync.push(&caller.user_id, &buf).await?;
+    let response = state.sync.push(&caller.user_id, buf).await?;
     Ok(json_response(response))
 }
 

@@ -19,7 +19,8 @@ impl ConflictStatus {
     }
 }
 
-/// A conflict as stored; `incoming` and `server` are wire-format record JSON.
+/// A conflict as stored: `incoming` is wire-format record JSON; the server's
+/// record it met is named by version (kept in history while the conflict is open).
 #[derive(Clone, Debug)]
 pub struct ConflictRow {
     pub n: i64,
@@ -27,7 +28,7 @@ pub struct ConflictRow {
     pub entity: String,
     pub record_id: String,
     pub incoming: String,
-    pub server: Option<String>,
+    pub server_version: Option<i64>,
     pub reason: String,
     pub status: ConflictStatus,
     pub created_at: i64,
@@ -39,12 +40,12 @@ pub struct NewConflict<'a> {
     pub entity: &'a str,
     pub record_id: &'a str,
     pub incoming: &'a str,
-    pub server: Option<&'a str>,
+    pub server_version: Option<i64>,
     pub reason: &'a str,
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "n, id, entity, record_id, incoming, server, reason, status, created_at, resolved_at";
+const COLUMNS: &str = "n, id, entity, record_id, incoming, server_version, reason, status, created_at, resolved_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<ConflictRow> {
     let status: String = r.get(7)?;
@@ -54,7 +55,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ConflictRow> {
         entity: r.get(2)?,
         record_id: r.get(3)?,
         incoming: r.get(4)?,
-        server: r.get(5)?,
+        server_version: r.get(5)?,
         reason: r.get(6)?,
         status: if status == "open" { ConflictStatus::Open } else { ConflictStatus::Resolved },
         created_at: r.get(8)?,
@@ -66,14 +67,16 @@ impl Tx<'_> {
     pub fn insert_conflict(&self, user: &str, c: &NewConflict<'_>) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server, reason, status, created_at)
+                "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server_version, reason, status, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8)",
             )?
-            .execute((c.id, user, c.entity, c.record_id, c.incoming, c.server, c.reason, c.created_at))?;
+            .execute((c.id, user, c.entity, c.record_id, c.incoming, c.server_version, c.reason, c.created_at))?;
         Ok(())
     }
 
-    /// One page of the user's conflicts after position `after`, oldest first.
+    /// One page of the user's conflicts after position `after`, oldest first:
+    /// at most `limit` rows and, past the first, about `max_bytes` of
+    /// incoming records. Returns the rows and whether more follow.
     pub fn conflicts(
         &self,
         user: &str,
@@ -81,21 +84,38 @@ impl Tx<'_> {
         entity: Option<&str>,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<ConflictRow>, StoreError> {
+        max_bytes: usize,
+    ) -> Result<(Vec<ConflictRow>, bool), StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM conflicts
              WHERE user_id = ?1 AND n > ?2 AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR entity = ?4)
-             ORDER BY n LIMIT ?5"
+             ORDER BY n"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map((user, after, status.map(ConflictStatus::as_sql), entity, limit), from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = stmt.query((user, after, status.map(ConflictStatus::as_sql), entity))?;
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        while let Some(row) = rows.next()? {
+            if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
+                return Ok((out, true));
+            }
+            let conflict = from_row(row)?;
+            bytes += conflict.incoming.len() + conflict.reason.len() + 128;
+            out.push(conflict);
+        }
+        Ok((out, false))
     }
 
     pub fn conflict(&self, user: &str, id: &str) -> Result<Option<ConflictRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM conflicts WHERE user_id = ?1 AND id = ?2");
         Ok(self.conn.prepare_cached(&sql)?.query_row((user, id), from_row).optional()?)
+    }
+
+    /// Forgets resolved conflicts resolved before `before`; returns how many.
+    pub fn purge_resolved_conflicts(&self, before: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM conflicts WHERE status = 'resolved' AND resolved_at < ?1")?
+            .execute([before])?)
     }
 
     pub fn mark_conflict_resolved(&self, user: &str, id: &str, now: i64) -> Result<(), StoreError> {

@@ -18,10 +18,9 @@ mod keys;
 mod migrate;
 mod pushlog;
 mod records;
+mod writer;
 
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,10 +33,9 @@ use crate::config::DatabaseConfig;
 pub use conflicts::{ConflictRow, ConflictStatus, NewConflict};
 pub use keys::{ApiKeyRow, NewApiKey};
 pub use migrate::latest_version;
-pub use records::{RecordRow, SyncState};
+pub use pushlog::{LoggedPush, StoredResponse};
+pub use records::{RecordRow, Usage, UserState};
 
-/// How many queued write jobs the writer commits together at most.
-const MAX_GROUP: usize = 64;
 /// Change notices buffered per subscriber before it is told it lagged.
 const NOTICE_BUFFER: usize = 1024;
 
@@ -57,10 +55,14 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
-    #[error("database is busy")]
+    #[error("database busy")]
     Busy,
     #[error("the store is closed")]
     Closed,
+    #[error("too many writes are waiting")]
+    QueueFull,
+    #[error("the write job failed")]
+    JobLost,
     #[error(
         "the database is at schema version {database}, but this binary knows only up to {binary}; \
          it was written by a newer Accord — run that release, or restore a backup"
@@ -92,17 +94,6 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Tells a job's caller how the group transaction ended.
-type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-
-/// The outcome of running one job inside the group transaction.
-struct Ran {
-    keep: bool,
-    finish: Finish,
-}
-
-type Job = Box<dyn FnOnce(&Connection) -> Ran + Send>;
-
 /// A connection lent to a job: inside a savepoint on the writer, or read-only.
 /// Its methods (in the submodules) are the store's whole vocabulary; callers
 /// never see SQL or rusqlite types.
@@ -119,7 +110,7 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     config: DatabaseConfig,
-    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: Arc<writer::Queue>,
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     notices: broadcast::Sender<Notice>,
@@ -134,16 +125,17 @@ impl Store {
         }
         let mut conn = open_connection(&path, config, false)?;
         migrate::migrate(&mut conn)?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let queue = Arc::new(writer::Queue::new(config.write_queue));
+        let q = queue.clone();
         let thread = std::thread::Builder::new()
             .name("accord-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer::run(conn, &q))
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
                 config: config.clone(),
-                writer: Mutex::new(Some(tx)),
+                queue,
                 thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
                 notices: broadcast::channel(NOTICE_BUFFER).0,
@@ -151,46 +143,32 @@ impl Store {
         })
     }
 
-    /// Runs `f` on the writer thread inside its own savepoint. `Ok` commits it
-    /// (the future resolves only after the commit is durable); `Err` rolls back
-    /// everything `f` wrote.
+    /// Runs `f` on the writer thread inside its own savepoint, queued as the
+    /// server's own work (not a user's). `Ok` commits it (the future resolves
+    /// only after the commit is durable); `Err` rolls back everything `f` wrote.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.write_notifying(move |tx| f(tx).map(|v| (v, None))).await
+        self.write_for("", 1, move |tx| f(tx).map(|v| (v, None))).await
     }
 
-    /// Like [`Store::write`], and once the commit is durable publishes the
-    /// job's notice to subscribers — even if the caller stopped waiting.
-    pub async fn write_notifying<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` for `user` on the writer thread inside its own savepoint;
+    /// `weight` is about how many records it writes (for fair grouping).
+    /// `Ok` commits, and once the commit is durable publishes the job's notice
+    /// to subscribers — even if the caller stopped waiting. `Err` rolls back
+    /// everything `f` wrote. A full queue refuses at once with `QueueFull`.
+    pub async fn write_for<T, E, F>(&self, user: &str, weight: usize, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&Tx<'_>) -> Result<(T, Option<Notice>), StoreError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<(T, Option<Notice>), E> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let notices = self.inner.notices.clone();
-        let job: Job = Box::new(move |conn| match f(&Tx { conn }) {
-            Ok((value, notice)) => Ran {
-                keep: true,
-                finish: Box::new(move |committed| {
-                    if let (Ok(()), Some(notice)) = (&committed, notice) {
-                        let _ = notices.send(notice);
-                    }
-                    let _ = tx.send(committed.map(|()| value));
-                }),
-            },
-            Err(e) => Ran {
-                keep: false,
-                finish: Box::new(move |_| {
-                    let _ = tx.send(Err(e));
-                }),
-            },
-        });
-        let sender = self.inner.writer.lock().map_err(|_| StoreError::Closed)?.clone();
-        sender.ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let job = Box::new(Pending { f, tx, notices: self.inner.notices.clone() });
+        self.inner.queue.push(user, weight, job)?;
+        rx.await.map_err(|_| E::from(StoreError::JobLost))?
     }
 
     /// Runs `f` on a read-only connection off the async runtime.
@@ -232,8 +210,7 @@ impl Store {
 
     /// Waits for queued writes to commit, then closes every connection.
     pub async fn close(&self) {
-        let sender = self.inner.writer.lock().ok().and_then(|mut w| w.take());
-        drop(sender);
+        self.inner.queue.close();
         if let Ok(mut pool) = self.inner.readers.lock() {
             pool.clear();
         }
@@ -266,69 +243,180 @@ fn open_connection(path: &Path, config: &DatabaseConfig, read_only: bool) -> Res
     Ok(conn)
 }
 
-/// The writer thread: takes every job waiting in the queue (up to
-/// `MAX_GROUP`), runs each in its own savepoint inside one transaction, commits
-/// once, then tells each caller how its job ended.
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let e = StoreError::from(e);
-            tracing::error!(error = %e, "cannot begin write transaction");
-            // Every job is dropped unrun; its caller sees `Closed`-like failure via the dropped channel.
-            continue;
-        }
-        let mut finished: Vec<Finish> = Vec::with_capacity(group.len());
-        for job in group {
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-                tracing::error!(error = %e, "cannot open savepoint");
-                continue;
-            }
-            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| job(&conn)));
-            match ran {
-                Ok(ran) => {
-                    let end = if ran.keep { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-                    if let Err(e) = conn.execute_batch(end) {
-                        tracing::error!(error = %e, "cannot close savepoint");
+/// A queued write: the caller's closure and where its result goes.
+struct Pending<F, T, E> {
+    f: F,
+    tx: oneshot::Sender<Result<T, E>>,
+    notices: broadcast::Sender<Notice>,
+}
+
+impl<F, T, E> writer::WriteJob for Pending<F, T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&Tx<'_>) -> Result<(T, Option<Notice>), E> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> writer::Ran {
+        let Pending { f, tx, notices } = *self;
+        match f(&Tx { conn }) {
+            Ok((value, notice)) => writer::Ran {
+                keep: true,
+                finish: Box::new(move |committed| {
+                    if let (Ok(()), Some(notice)) = (&committed, notice) {
+                        let _ = notices.send(notice);
                     }
-                    finished.push(ran.finish);
-                }
-                Err(_) => {
-                    tracing::error!("a write job panicked; its changes were rolled back");
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                }
-            }
-            // Some errors (disk full, I/O) make SQLite roll back the whole
-            // transaction. The jobs before this point are then lost: tell their
-            // callers, and open a fresh transaction for the rest of the group.
-            if conn.is_autocommit() {
-                tracing::error!("the write transaction was rolled back by SQLite; failing the jobs in it");
-                for finish in finished.drain(..) {
-                    finish(Err(StoreError::Commit("the transaction was rolled back".into())));
-                }
-                if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                    tracing::error!(error = %e, "cannot begin write transaction");
-                }
-            }
-        }
-        let committed = conn.execute_batch("COMMIT");
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "commit failed; the whole group was rolled back");
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for finish in finished {
-            finish(match &committed {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Commit(e.to_string())),
-            });
+                    let _ = tx.send(committed.map(|()| value).map_err(E::from));
+                }),
+            },
+            Err(e) => writer::Ran {
+                keep: false,
+                finish: Box::new(move |_| {
+                    let _ = tx.send(Err(e));
+                }),
+            },
         }
     }
-    // Every sender is gone: the store is closing. Dropping `conn` checkpoints the WAL.
-    let _ = conn.execute_batch("PRAGMA optimize");
+
+    fn fail(self: Box<Self>, error: StoreError) {
+        let _ = self.tx.send(Err(E::from(error)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer under injected faults: no caller told "failed" sees its write commit.
+
+    use std::time::Duration;
+
+    use super::writer::Point;
+    use super::*;
+
+    fn open(dir: &Path) -> Store {
+        let config = DatabaseConfig { path: dir.join("t.db"), ..DatabaseConfig::default() };
+        Store::open(&config).expect("open store")
+    }
+
+    async fn users(store: &Store) -> Vec<String> {
+        store
+            .read(|tx| {
+                let mut stmt = tx.conn.prepare("SELECT id FROM users ORDER BY id")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .expect("read users")
+    }
+
+    /// Queues a job for `user` that inserts the user row `name`.
+    fn insert(store: &Store, user: &str, name: &str) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        let (store, user, name) = (store.clone(), user.to_string(), name.to_string());
+        tokio::spawn(async move { store.write_for(&user, 1, move |tx| Ok((tx.ensure_user(&name, 0)?, None))).await })
+    }
+
+    /// Holds the writer inside a job until the returned sender fires, so the
+    /// jobs queued meanwhile form the next group.
+    async fn hold_writer(
+        store: &Store,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<Result<(), StoreError>>) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered) = oneshot::channel::<()>();
+        let store = store.clone();
+        let job = tokio::spawn(async move {
+            store
+                .write_for("holder", 1, move |_tx| {
+                    let _ = entered_tx.send(());
+                    let _ = held.recv_timeout(Duration::from_secs(10));
+                    Ok(((), None))
+                })
+                .await
+        });
+        entered.await.expect("writer entered the holding job");
+        (release, job)
+    }
+
+    async fn queued(store: &Store, n: usize) {
+        for _ in 0..200 {
+            if store.inner.queue.len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("jobs were not queued");
+    }
+
+    #[tokio::test]
+    async fn jobs_after_a_rollback_never_run_outside_a_transaction() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        let (release, holder) = hold_writer(&store).await;
+        let jobs = [insert(&store, "a", "a"), insert(&store, "b", "b"), insert(&store, "c", "c")];
+        queued(&store, 3).await;
+        // SQLite rolls the group back after job a, and the next BEGIN fails.
+        store.inner.queue.faults.arm(Point::AfterJob, 1, 1);
+        store.inner.queue.faults.arm(Point::Begin, 1, 1);
+        release.send(()).expect("release the writer");
+        assert!(holder.await.expect("join").is_ok());
+        for job in jobs {
+            assert!(job.await.expect("join").is_err(), "every job of the failed group is told it failed");
+        }
+        assert_eq!(users(&store).await, Vec::<String>::new(), "nothing of the failed group committed");
+        // The writer recovers: the next job commits.
+        assert!(insert(&store, "d", "d").await.expect("join").is_ok());
+        assert_eq!(users(&store).await, vec!["d".to_string()]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_savepoint_or_commit_fails_exactly_the_jobs_it_loses() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        // Closing b's savepoint fails: a and b are lost with the transaction; c runs in a fresh one.
+        let (release, holder) = hold_writer(&store).await;
+        let jobs = [insert(&store, "a", "a"), insert(&store, "b", "b"), insert(&store, "c", "c")];
+        queued(&store, 3).await;
+        store.inner.queue.faults.arm(Point::CloseSavepoint, 2, 1);
+        release.send(()).expect("release the writer");
+        assert!(holder.await.expect("join").is_ok());
+        let results: Vec<bool> =
+            futures_util::future::join_all(jobs).await.into_iter().map(|r| r.expect("join").is_ok()).collect();
+        assert_eq!(results, vec![false, false, true]);
+        assert_eq!(users(&store).await, vec!["c".to_string()]);
+
+        // A failed commit fails the whole group and writes none of it.
+        let (release, holder) = hold_writer(&store).await;
+        let jobs = [insert(&store, "d", "d"), insert(&store, "e", "e")];
+        queued(&store, 2).await;
+        store.inner.queue.faults.arm(Point::Commit, 1, 1);
+        release.send(()).expect("release the writer");
+        assert!(holder.await.expect("join").is_ok());
+        for job in jobs {
+            assert!(job.await.expect("join").is_err());
+        }
+        assert_eq!(users(&store).await, vec!["c".to_string()]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = DatabaseConfig { path: dir.path().join("t.db"), write_queue: 16, ..DatabaseConfig::default() };
+        let store = Store::open(&config).expect("open store");
+        let (release, holder) = hold_writer(&store).await;
+        // One user may hold an eighth of the queue: 2 of 16.
+        let mine = [insert(&store, "u", "u1"), insert(&store, "u", "u2")];
+        queued(&store, 2).await;
+        let refused = insert(&store, "u", "u3").await.expect("join");
+        assert!(matches!(refused, Err(StoreError::QueueFull)), "{refused:?}");
+        // Another user still gets in.
+        let other = insert(&store, "v", "v1");
+        queued(&store, 3).await;
+        release.send(()).expect("release the writer");
+        assert!(holder.await.expect("join").is_ok());
+        for job in mine {
+            assert!(job.await.expect("join").is_ok());
+        }
+        assert!(other.await.expect("join").is_ok());
+        assert_eq!(users(&store).await, vec!["u1".to_string(), "u2".to_string(), "v1".to_string()]);
+        store.close().await;
+    }
 }

@@ -1,4 +1,4 @@
-//! SQL for records, their history, and the change sequence.
+//! SQL for records, their history, and each user's change sequence and usage.
 
 use rusqlite::{OptionalExtension, Row};
 
@@ -17,11 +17,22 @@ pub struct RecordRow {
     pub seq: i64,
 }
 
-/// The database-wide change sequence and the identity of this database.
-#[derive(Clone, Debug)]
-pub struct SyncState {
+/// What a user has stored, as counted for quotas (or a change to it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Current records, tombstones included.
+    pub records: i64,
+    /// JSON text of current records, open conflicts' incoming records and stored pushId responses.
+    pub bytes: i64,
+    pub open_conflicts: i64,
+}
+
+/// A user's change sequence and usage.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserState {
+    /// The sequence number of this user's latest change (0 before the first).
     pub last_seq: i64,
-    pub epoch: String,
+    pub usage: Usage,
 }
 
 fn record_from(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
@@ -37,22 +48,44 @@ fn record_from(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
 }
 
 impl Tx<'_> {
-    pub fn sync_state(&self) -> Result<SyncState, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT last_seq, epoch FROM sync_state WHERE id = 1")?
-            .query_row([], |r| Ok(SyncState { last_seq: r.get(0)?, epoch: r.get(1)? }))?)
+    /// This database's identity, part of every cursor.
+    pub fn epoch(&self) -> Result<String, StoreError> {
+        Ok(self.conn.prepare_cached("SELECT epoch FROM sync_state WHERE id = 1")?.query_row([], |r| r.get(0))?)
     }
 
     /// Gives the database a new identity, so every cursor issued before is
     /// answered with 410 (after restoring a backup).
     pub fn new_epoch(&self) -> Result<String, StoreError> {
         self.conn.execute_batch("UPDATE sync_state SET epoch = lower(hex(randomblob(8))) WHERE id = 1")?;
-        Ok(self.sync_state()?.epoch)
+        self.epoch()
     }
 
-    pub fn set_last_seq(&self, seq: i64) -> Result<(), StoreError> {
-        self.conn.prepare_cached("UPDATE sync_state SET last_seq = ?1 WHERE id = 1")?.execute([seq])?;
+    /// The user's change sequence and usage (zeros for a user with no data).
+    pub fn user_state(&self, user: &str) -> Result<UserState, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT last_seq, records, bytes, open_conflicts FROM user_state WHERE user_id = ?1")?
+            .query_row([user], |r| {
+                Ok(UserState {
+                    last_seq: r.get(0)?,
+                    usage: Usage { records: r.get(1)?, bytes: r.get(2)?, open_conflicts: r.get(3)? },
+                })
+            })
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Sets the user's change sequence to `last_seq` (when given) and adds `delta` to their usage.
+    pub fn update_user_state(&self, user: &str, last_seq: Option<i64>, delta: &Usage) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO user_state (user_id, last_seq, records, bytes, open_conflicts)
+                 VALUES (?1, coalesce(?2, 0), ?3, ?4, ?5)
+                 ON CONFLICT (user_id) DO UPDATE SET
+                   last_seq = coalesce(?2, last_seq), records = records + ?3,
+                   bytes = bytes + ?4, open_conflicts = open_conflicts + ?5",
+            )?
+            .execute((user, last_seq, delta.records, delta.bytes, delta.open_conflicts))?;
         Ok(())
     }
 
@@ -96,8 +129,17 @@ impl Tx<'_> {
             .optional()?)
     }
 
+    /// A version of a record: the current one if it has that version, else history's.
+    pub fn record_at(&self, user: &str, entity: &str, id: &str, version: i64) -> Result<Option<RecordRow>, StoreError> {
+        match self.record(user, entity, id)? {
+            Some(current) if current.version == version => Ok(Some(current)),
+            _ => self.record_version(user, entity, id, version),
+        }
+    }
+
     /// Writes `new` as the current version. If a `previous` version exists it
-    /// moves to history, which is trimmed to the newest `keep` versions.
+    /// moves to history, which is trimmed to the newest `keep` versions —
+    /// except versions an open conflict names, which stay while it is open.
     pub fn put_record(
         &self,
         user: &str,
@@ -124,7 +166,7 @@ impl Tx<'_> {
                     ))?;
             }
             Some(old) => {
-                if keep > 0 {
+                if keep > 0 || self.version_pinned(user, &old.entity, &old.id, old.version)? {
                     self.conn
                         .prepare_cached(
                             "INSERT OR REPLACE INTO record_history
@@ -138,7 +180,11 @@ impl Tx<'_> {
                              WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version <= (
                                SELECT version FROM record_history
                                WHERE user_id = ?1 AND entity = ?2 AND id = ?3
-                               ORDER BY version DESC LIMIT 1 OFFSET ?4)",
+                               ORDER BY version DESC LIMIT 1 OFFSET ?4)
+                             AND NOT EXISTS (
+                               SELECT 1 FROM conflicts c
+                               WHERE c.user_id = ?1 AND c.entity = ?2 AND c.record_id = ?3
+                                 AND c.server_version = record_history.version AND c.status = 'open')",
                         )?
                         .execute((user, &old.entity, &old.id, keep))?;
                 }
@@ -160,6 +206,19 @@ impl Tx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// True when an open conflict names this version of the record as the server's.
+    fn version_pinned(&self, user: &str, entity: &str, id: &str, version: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM conflicts WHERE user_id = ?1 AND entity = ?2 AND record_id = ?3
+                   AND server_version = ?4 AND status = 'open'",
+            )?
+            .query_row((user, entity, id, version), |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// The user's records changed after `since`, in sequence order: at most

@@ -3,9 +3,11 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
 use super::{Entities, SyncError, cursor, json};
-use crate::config::SyncConfig;
-use crate::store::{ConflictRow, ConflictStatus, Notice, RecordRow, Store, StoreError, now_ms};
+use crate::config::{QuotaConfig, SyncConfig};
+use crate::store::{ConflictRow, ConflictStatus, Notice, RecordRow, Store, StoreError, Tx, Usage, now_ms};
 
 /// Largest page of `GET /api/sync/conflicts`.
 const MAX_PAGE: usize = 1000;
@@ -36,7 +38,8 @@ pub enum Resolution {
     Record { data: String, deleted: bool },
 }
 
-pub async fn list(store: &Store, user: &str, query: ConflictQuery) -> Result<Vec<u8>, SyncError> {
+/// One page of conflicts, capped at `limit` rows and about `max_bytes`.
+pub async fn list(store: &Store, user: &str, query: ConflictQuery, max_bytes: usize) -> Result<Vec<u8>, SyncError> {
     let status = match query.status.as_deref().unwrap_or("open") {
         "open" => Some(ConflictStatus::Open),
         "resolved" => Some(ConflictStatus::Resolved),
@@ -54,27 +57,43 @@ pub async fn list(store: &Store, user: &str, query: ConflictQuery) -> Result<Vec
         },
     };
     let (user, entity) = (user.to_string(), query.entity);
-    let rows = store.read(move |tx| tx.conflicts(&user, status, entity.as_deref(), after, limit + 1)).await?;
-    let has_more = rows.len() > limit;
-    let rows = &rows[..rows.len().min(limit)];
-    let mut out = Vec::with_capacity(rows.iter().map(|r| r.incoming.len() * 2 + 256).sum::<usize>() + 64);
-    out.extend_from_slice(b"{\"conflicts\":[");
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        push_conflict(&mut out, row);
-    }
-    out.extend_from_slice(b"],\"cursor\":");
-    match rows.last() {
-        Some(last) if has_more => json::push_str(&mut out, &cursor::encode("conflicts", last.n)),
-        _ => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(format!(",\"hasMore\":{has_more}}}").as_bytes());
-    Ok(out)
+    store
+        .read(move |tx| {
+            let (rows, mut has_more) = tx.conflicts(&user, status, entity.as_deref(), after, limit, max_bytes)?;
+            let mut out = Vec::with_capacity(rows.iter().map(|r| r.incoming.len() + 256).sum::<usize>() + 64);
+            out.extend_from_slice(b"{\"conflicts\":[");
+            let mut last = None;
+            for (i, row) in rows.iter().enumerate() {
+                // The server records rendered beside them count towards the cap too.
+                if i > 0 && out.len() >= max_bytes {
+                    has_more = true;
+                    break;
+                }
+                if i > 0 {
+                    out.push(b',');
+                }
+                let server = match row.server_version {
+                    Some(v) => tx.record_at(&user, &row.entity, &row.record_id, v)?,
+                    None => None,
+                };
+                push_conflict(&mut out, row, server.as_ref());
+                last = Some(row.n);
+            }
+            out.extend_from_slice(b"],\"cursor\":");
+            match last {
+                Some(n) if has_more => json::push_str(&mut out, &cursor::encode("conflicts", n)),
+                _ => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(format!(",\"hasMore\":{has_more}}}").as_bytes());
+            Ok(out)
+        })
+        .await
+        .map_err(SyncError::from)
 }
 
-fn push_conflict(out: &mut Vec<u8>, row: &ConflictRow) {
+/// Renders a conflict; `server` is the record version it met, `null` when
+/// there was none (or, long after resolution, history no longer holds it).
+fn push_conflict(out: &mut Vec<u8>, row: &ConflictRow, server: Option<&RecordRow>) {
     out.extend_from_slice(b"{\"id\":");
     json::push_str(out, &row.id);
     out.extend_from_slice(b",\"entity\":");
@@ -84,7 +103,10 @@ fn push_conflict(out: &mut Vec<u8>, row: &ConflictRow) {
     out.extend_from_slice(b",\"incoming\":");
     out.extend_from_slice(row.incoming.as_bytes());
     out.extend_from_slice(b",\"server\":");
-    out.extend_from_slice(row.server.as_deref().unwrap_or("null").as_bytes());
+    match server {
+        Some(record) => json::push_record(out, record),
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"reason\":");
     json::push_str(out, &row.reason);
     let status = if row.status == ConflictStatus::Open { "open" } else { "resolved" };
@@ -108,58 +130,55 @@ fn data_of(wire: &str) -> Result<(String, bool), StoreError> {
     Ok((stored.data.get().to_string(), stored.deleted))
 }
 
+/// What a resolution is checked against.
+pub struct Setting {
+    pub entities: Arc<Entities>,
+    pub limits: Arc<SyncConfig>,
+    pub quotas: Arc<QuotaConfig>,
+    pub epoch: Arc<str>,
+}
+
+/// Stores the chosen record as a new version. A hand-written record is
+/// validated like a pushed one (size, depth, reference fields) and its
+/// references must name records the user has.
 pub async fn resolve(
     store: &Store,
-    entities: &Entities,
-    limits: &SyncConfig,
+    cx: Setting,
     user: &str,
     conflict_id: &str,
     resolution: Resolution,
 ) -> Result<String, SyncError> {
-    if let Resolution::Record { data, .. } = &resolution {
-        if !data.starts_with('{') {
-            return Err(SyncError::Invalid("`record.data` must be a JSON object".into()));
-        }
-        if data.len() > limits.max_record_bytes || json::depth(data) > limits.max_json_depth {
-            return Err(SyncError::Invalid("`record.data` exceeds the record size or depth limit".into()));
-        }
-    }
-    let (user, id) = (user.to_string(), conflict_id.to_string());
-    let types = entities.types.clone();
+    let (owner, id) = (user.to_string(), conflict_id.to_string());
     store
-        .write_notifying(move |tx| {
+        .write_for(user, 1, move |tx| {
+            let user = owner;
             let Some(conflict) = tx.conflict(&user, &id)? else {
-                return Ok((Err(SyncError::NotFound("no conflict with this id".into())), None));
+                return Err(SyncError::NotFound("no conflict with this id".into()));
             };
             if conflict.status == ConflictStatus::Resolved {
-                return Ok((Err(SyncError::Conflict("this conflict is already resolved".into())), None));
+                return Err(SyncError::Conflict("this conflict is already resolved".into()));
             }
+            let ty = cx.entities.types.iter().find(|t| t.name == conflict.entity);
             let current = tx.record(&user, &conflict.entity, &conflict.record_id)?;
             let (data, deleted) = match resolution {
                 Resolution::Server => match &current {
                     Some(c) => (c.data.clone(), c.deleted),
                     None => {
                         let why = "the server has no record to keep; take the incoming one or give a record";
-                        return Ok((Err(SyncError::Conflict(why.into())), None));
+                        return Err(SyncError::Conflict(why.into()));
                     }
                 },
                 Resolution::Incoming => data_of(&conflict.incoming)?,
                 Resolution::Record { data, deleted } => {
-                    // A hand-written record gets the same reference check as a push.
-                    if let Some(ty) = types.iter().find(|t| t.name == conflict.entity) {
-                        let values = super::wire::reference_values(&data, ty).unwrap_or_default();
-                        for (r, value) in ty.refs.iter().zip(values) {
-                            let Some(parent) = value else { continue };
-                            if !tx.record_exists(&user, &r.target, &parent)? {
-                                let why = format!("record.data.{} names no {} record {parent:?}", r.field, r.target);
-                                return Ok((Err(SyncError::Invalid(why)), None));
-                            }
-                        }
+                    if let Some(ty) = ty {
+                        let refs = super::wire::check_data(&data, ty, &cx.limits)
+                            .map_err(|e| SyncError::Invalid(format!("record: {e}")))?;
+                        check_parents(tx, &user, ty, &refs)?;
                     }
                     (data, deleted)
                 }
             };
-            let state = tx.sync_state()?;
+            let state = tx.user_state(&user)?;
             let seq = state.last_seq + 1;
             let now = now_ms();
             let row = RecordRow {
@@ -171,20 +190,39 @@ pub async fn resolve(
                 updated_at: now,
                 seq,
             };
-            let keep = types.iter().find(|t| t.name == conflict.entity).map_or(0, |t| t.history);
-            tx.put_record(&user, &row, current.as_ref(), keep)?;
-            tx.set_last_seq(seq)?;
+            let delta = Usage {
+                records: i64::from(current.is_none()),
+                bytes: row.data.len() as i64
+                    - current.as_ref().map_or(0, |c| c.data.len() as i64)
+                    - conflict.incoming.len() as i64,
+                open_conflicts: -1,
+            };
+            super::push::check_quotas(&state.usage, &delta, &cx.quotas)?;
+            // Resolve first, so the version it named is no longer held in history for it.
             tx.mark_conflict_resolved(&user, &id, now)?;
+            tx.put_record(&user, &row, current.as_ref(), ty.map_or(0, |t| t.history))?;
+            tx.update_user_state(&user, Some(seq), &delta)?;
             let mut out = Vec::new();
             out.extend_from_slice(b"{\"id\":");
             json::push_str(&mut out, &id);
             out.extend_from_slice(b",\"status\":\"resolved\",\"record\":");
             json::push_record(&mut out, &row);
             out.extend_from_slice(b",\"cursor\":");
-            json::push_str(&mut out, &cursor::encode(&state.epoch, seq));
+            json::push_str(&mut out, &cursor::encode(&cx.epoch, seq));
             out.push(b'}');
             let body = String::from_utf8_lossy(&out).into_owned();
-            Ok((Ok(body), Some(Notice { user, seq })))
+            Ok((body, Some(Notice { user, seq })))
         })
-        .await?
+        .await
+}
+
+/// Refuses a record whose references name records the user does not have.
+fn check_parents(tx: &Tx<'_>, user: &str, ty: &super::EntityType, refs: &[Option<String>]) -> Result<(), SyncError> {
+    for (r, value) in ty.refs.iter().zip(refs) {
+        let Some(parent) = value else { continue };
+        if !tx.record_exists(user, &r.target, parent)? {
+            return Err(SyncError::Invalid(format!("record.data.{} names no {} record {parent:?}", r.field, r.target)));
+        }
+    }
+    Ok(())
 }

@@ -4,12 +4,14 @@
 //! applied as one store job (`push`): one transaction, all or nothing, with
 //! its idempotency record written in the same transaction.
 
+mod budget;
 mod conflicts;
 pub mod cursor;
 mod json;
 pub mod policy;
 mod pull;
 mod push;
+mod replay;
 pub mod wire;
 
 use std::sync::Arc;
@@ -17,11 +19,12 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::config::{Config, ConfigError, SyncConfig};
+use crate::config::{Config, ConfigError, QuotaConfig, SyncConfig};
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::store::{Notice, Store, StoreError, now_ms};
 
+pub use budget::{BodyBudget, BodyBytes};
 pub use conflicts::{ConflictQuery, Resolution};
 pub use pull::PullQuery;
 
@@ -44,6 +47,12 @@ pub enum SyncError {
     /// The request contradicts the current state, e.g. resolving twice (409).
     #[error("{0}")]
     Conflict(String),
+    /// A per-user quota would be exceeded; nothing was written (507).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// A server-wide bound is reached for the moment; retry (503).
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -112,6 +121,9 @@ pub struct SyncCore {
     store: Store,
     entities: Arc<Entities>,
     limits: Arc<SyncConfig>,
+    quotas: Arc<QuotaConfig>,
+    /// Bytes of request bodies held and parsed at once, server-wide.
+    budget: BodyBudget,
     /// This database's identity, part of every cursor.
     epoch: Arc<str>,
     policies: Arc<Policies>,
@@ -142,9 +154,11 @@ impl SyncCore {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<SyncCore, SetupError> {
         let entities = Arc::new(Entities::from_config(config)?);
-        let epoch = store.read(|tx| tx.sync_state()).await?.epoch;
+        let epoch = store.read(|tx| tx.epoch()).await?;
         let limits = Arc::new(config.sync.clone());
-        Ok(SyncCore { store, entities, limits, epoch: epoch.into(), policies, metrics, shutdown })
+        let quotas = Arc::new(config.quotas.clone());
+        let budget = BodyBudget::new(config.server.max_parsing_bytes);
+        Ok(SyncCore { store, entities, limits, quotas, budget, epoch: epoch.into(), policies, metrics, shutdown })
     }
 
     pub fn policies(&self) -> &Arc<Policies> {
@@ -160,25 +174,48 @@ impl SyncCore {
         &self.entities
     }
 
+    /// The server-wide budget a push body is read into.
+    pub fn body_budget(&self) -> &BodyBudget {
+        &self.budget
+    }
+
     /// Applies a push body for `user`; returns the response JSON.
     ///
     /// Once the job reaches the writer it runs to completion even if this
     /// future is dropped (client gone): the push commits whole or not at all.
-    pub async fn push(&self, user: &str, body: &[u8]) -> Result<String, SyncError> {
-        let request = wire::parse_push(body, &self.entities, &self.limits)?;
-        let entities = self.entities.clone();
+    ///
+    /// The body is parsed on a blocking thread, never on the async workers.
+    /// The body's budget is held until the push is answered.
+    pub async fn push(&self, user: &str, body: BodyBytes) -> Result<String, SyncError> {
+        let (entities, limits) = (self.entities.clone(), self.limits.clone());
+        let (request, _budget) = tokio::task::spawn_blocking(move || {
+            let parsed = wire::parse_push(body.bytes(), &entities, &limits);
+            // The parsed push holds about as much again as the body: keep its budget.
+            parsed.map(|request| (request, body.into_budget()))
+        })
+        .await
+        .map_err(|e| SyncError::Store(StoreError::Commit(format!("push parser failed: {e}"))))??;
+        let (entities, quotas, epoch) = (self.entities.clone(), self.quotas.clone(), self.epoch.clone());
         // In-flight pushes finish on the policy set they started with, whatever a reload does.
         let policies = self.policies.current();
-        let user = user.to_string();
+        let weight = request.record_count;
+        let owner = user.to_string();
         let applied = self
             .store
-            .write_notifying(move |tx| {
-                let applied = push::apply(tx, &user, &entities, &policies, &request, now_ms())?;
+            .write_for(user, weight, move |tx| {
+                let cx = push::Context {
+                    entities: &entities,
+                    policies: &policies,
+                    quotas: &quotas,
+                    epoch: &epoch,
+                    now: now_ms(),
+                };
+                let applied = push::apply(tx, &owner, &cx, &request)?;
                 let notice = match &applied {
-                    push::Applied::Fresh { wrote_up_to: Some(seq), .. } => Some(Notice { user, seq: *seq }),
+                    push::Applied::Fresh { wrote_up_to: Some(seq), .. } => Some(Notice { user: owner, seq: *seq }),
                     _ => None,
                 };
-                Ok((applied, notice))
+                Ok::<_, SyncError>((applied, notice))
             })
             .await?;
         match applied {
@@ -231,17 +268,27 @@ impl SyncCore {
         let (user, since, types) = (user.to_string(), since.clone(), types.to_vec());
         let entities = self.entities.clone();
         let max_bytes = self.limits.max_page_bytes;
+        let epoch = self.epoch.clone();
         self.store
-            .read(move |tx| Ok(pull::page(tx, &user, &entities, since.as_ref(), &types, limit, max_bytes)))
+            .read(move |tx| {
+                let at = pull::Snapshot { epoch: &epoch, last_seq: tx.user_state(&user)?.last_seq };
+                Ok(pull::page(tx, &user, &entities, &at, since.as_ref(), &types, limit, max_bytes))
+            })
             .await?
     }
 
     pub async fn conflicts(&self, user: &str, query: ConflictQuery) -> Result<Vec<u8>, SyncError> {
-        conflicts::list(&self.store, user, query).await
+        conflicts::list(&self.store, user, query, self.limits.max_page_bytes).await
     }
 
     pub async fn resolve(&self, user: &str, conflict_id: &str, resolution: Resolution) -> Result<String, SyncError> {
-        conflicts::resolve(&self.store, &self.entities, &self.limits, user, conflict_id, resolution).await
+        let cx = conflicts::Setting {
+            entities: self.entities.clone(),
+            limits: self.limits.clone(),
+            quotas: self.quotas.clone(),
+            epoch: self.epoch.clone(),
+        };
+        conflicts::resolve(&self.store, cx, user, conflict_id, resolution).await
     }
 
     /// Notices of every commit; callers filter by user.
@@ -249,10 +296,20 @@ impl SyncCore {
         self.store.subscribe()
     }
 
-    /// Forgets idempotency records older than the retention window.
+    /// Forgets idempotency records older than their retention window, and
+    /// resolved conflicts older than theirs; returns how many pushIds.
     pub async fn expire_pushes(&self) -> Result<usize, StoreError> {
-        let before = now_ms() - i64::try_from(self.limits.push_retention_hours * 3_600_000).unwrap_or(i64::MAX);
-        self.store.write(move |tx| tx.expire_pushes(before)).await
+        let hours = |h: u64| i64::try_from(h.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+        let pushes_before = now_ms().saturating_sub(hours(self.limits.push_retention_hours));
+        let conflicts_before = now_ms().saturating_sub(hours(self.limits.conflict_retention_days.saturating_mul(24)));
+        let (pushes, conflicts) = self
+            .store
+            .write(move |tx| Ok((tx.expire_pushes(pushes_before)?, tx.purge_resolved_conflicts(conflicts_before)?)))
+            .await?;
+        if conflicts > 0 {
+            tracing::info!(deleted = conflicts, "deleted resolved conflicts past sync.conflict_retention_days");
+        }
+        Ok(pushes)
     }
 }
 

@@ -49,17 +49,25 @@ pub fn types(list: &Option<String>, entities: &Entities) -> Result<Vec<String>, 
     Ok(out)
 }
 
+/// What a page is read against: the database's epoch and the user's latest
+/// change sequence in this snapshot.
+pub struct Snapshot<'a> {
+    pub epoch: &'a str,
+    pub last_seq: i64,
+}
+
 /// Reads one page inside a single read snapshot and renders it.
+#[allow(clippy::too_many_arguments)] // one call site; the query's parts
 pub fn page(
     tx: &Tx<'_>,
     user: &str,
     entities: &Entities,
+    state: &Snapshot<'_>,
     since: Option<&(String, i64)>,
     types: &[String],
     limit: usize,
     max_bytes: usize,
 ) -> Result<Page, SyncError> {
-    let state = tx.sync_state()?;
     let from = match since {
         None => 0,
         Some((epoch, _)) if *epoch != state.epoch => {
@@ -110,7 +118,7 @@ pub fn page(
         out.push(b']');
     }
     out.extend_from_slice(b"},\"cursor\":");
-    json::push_str(&mut out, &cursor::encode(&state.epoch, next));
+    json::push_str(&mut out, &cursor::encode(state.epoch, next));
     let _ = write!(out, ",\"hasMore\":{has_more}}}");
     Ok(Page { body: out, records: rows.len() })
 }

@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::io::Write as _;
 
 use super::policy::{Decision, MergeInput};
+use super::replay::{self, Splice};
 use super::wire::{Incoming, PushRequest};
-use super::{Entities, EntityType, cursor, json};
+use super::{Entities, EntityType, SyncError, cursor, json};
+use crate::config::QuotaConfig;
 use crate::metrics::OutcomeCounts;
 use crate::policy::PolicySet;
-use crate::store::{NewConflict, RecordRow, StoreError, Tx};
+use crate::store::{NewConflict, RecordRow, StoreError, Tx, Usage};
 
 /// How a push ended inside the transaction.
 pub enum Applied {
@@ -41,21 +43,31 @@ impl Outcome {
     }
 }
 
-pub fn apply(
-    tx: &Tx<'_>,
-    user: &str,
-    entities: &Entities,
-    policies: &PolicySet,
-    req: &PushRequest,
-    now: i64,
-) -> Result<Applied, StoreError> {
+/// What a push is checked against besides its records.
+pub struct Context<'a> {
+    pub entities: &'a Entities,
+    pub policies: &'a PolicySet,
+    pub quotas: &'a QuotaConfig,
+    pub epoch: &'a str,
+    pub now: i64,
+}
+
+/// Applies a push for `user`. An `Err` (a quota reached) rolls back
+/// everything the push wrote.
+pub fn apply(tx: &Tx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) -> Result<Applied, SyncError> {
     if let Some(push_id) = &req.push_id
-        && let Some((hash, response)) = tx.logged_push(user, push_id)?
+        && let Some(logged) = tx.logged_push(user, push_id)?
     {
-        return Ok(if hash == req.body_hash { Applied::Replay(response) } else { Applied::PushIdReused });
+        if logged.body_hash != req.body_hash {
+            return Ok(Applied::PushIdReused);
+        }
+        return Ok(Applied::Replay(replay::unpack(tx, user, logged.stored)?));
     }
-    let state = tx.sync_state()?;
+    let (entities, policies, now) = (cx.entities, cx.policies, cx.now);
+    let state = tx.user_state(user)?;
     let mut seq = state.last_seq;
+    let mut delta = Usage::default();
+    let mut splices: Vec<Splice> = Vec::new();
     // (type index, id) → whether the record exists once this push commits.
     let mut fate: HashMap<(usize, &str), bool> = HashMap::with_capacity(req.record_count);
     let mut counts: OutcomeCounts = [0; 5];
@@ -71,7 +83,10 @@ pub fn apply(
         for (i, incoming) in records.iter().enumerate() {
             let outcome = match check_refs(tx, user, ty, incoming, &fate)? {
                 Some(reason) => Outcome::Rejected(reason),
-                None => decide_and_write(tx, user, ty, *type_index, policies, incoming, now, &mut seq)?,
+                None => {
+                    let at = Write { tx, user, ty, type_index: *type_index, now };
+                    decide_and_write(&at, policies, incoming, &mut seq, &mut delta)?
+                }
             };
             // A child may only lean on a parent that exists once this push commits.
             let stored = !matches!(outcome, Outcome::Rejected(_) | Outcome::Conflict { server: None, .. });
@@ -80,23 +95,43 @@ pub fn apply(
             if i > 0 {
                 out.push(b',');
             }
-            push_result(&mut out, &incoming.id, &outcome);
+            push_result(&mut out, &ty.name, &incoming.id, &outcome, &mut splices);
         }
         out.push(b']');
     }
     out.extend_from_slice(b"},\"cursor\":");
-    json::push_str(&mut out, &cursor::encode(&state.epoch, seq));
+    json::push_str(&mut out, &cursor::encode(cx.epoch, seq));
     out.push(b'}');
-    let response = String::from_utf8(out).map_err(|e| StoreError::Commit(format!("response not UTF-8: {e}")))?;
 
-    let wrote_up_to = (seq > state.last_seq).then_some(seq);
-    if wrote_up_to.is_some() {
-        tx.set_last_seq(seq)?;
-    }
     if let Some(push_id) = &req.push_id {
-        tx.log_push(user, push_id, &req.body_hash, &response, now)?;
+        let (packed, splices) = replay::pack(&out, &splices);
+        delta.bytes += tx.log_push(user, push_id, &req.body_hash, &packed, splices.as_deref(), now)?;
     }
+    check_quotas(&state.usage, &delta, cx.quotas)?;
+    let wrote_up_to = (seq > state.last_seq).then_some(seq);
+    tx.update_user_state(user, wrote_up_to, &delta)?;
+    let response = String::from_utf8(out).map_err(|e| StoreError::Commit(format!("response not UTF-8: {e}")))?;
     Ok(Applied::Fresh { response, wrote_up_to, counts })
+}
+
+/// Refuses a write that takes a user past a quota it grows; a write that
+/// shrinks what is stored passes even above a (lowered) quota.
+pub fn check_quotas(before: &Usage, delta: &Usage, quotas: &QuotaConfig) -> Result<(), SyncError> {
+    let dimensions = [
+        ("records", "quotas.records", before.records, delta.records, quotas.records),
+        ("bytes", "quotas.bytes", before.bytes, delta.bytes, quotas.bytes),
+        ("open conflicts", "quotas.open_conflicts", before.open_conflicts, delta.open_conflicts, quotas.open_conflicts),
+    ];
+    for (what, key, used, change, limit) in dimensions {
+        let after = used.saturating_add(change);
+        if limit > 0 && change > 0 && u64::try_from(after).unwrap_or(0) > limit {
+            return Err(SyncError::QuotaExceeded(format!(
+                "this write would bring your stored {what} to {after}; the quota is {limit} ({key}). \
+                 Nothing was written: delete data or resolve conflicts first"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A reason to reject when a reference names no record of this user, or a
@@ -127,17 +162,23 @@ fn check_refs(
     Ok(None)
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
-fn decide_and_write(
-    tx: &Tx<'_>,
-    user: &str,
-    ty: &EntityType,
+/// Where one record is written.
+struct Write<'a, 't> {
+    tx: &'a Tx<'t>,
+    user: &'a str,
+    ty: &'a EntityType,
     type_index: usize,
+    now: i64,
+}
+
+fn decide_and_write(
+    at: &Write<'_, '_>,
     policies: &PolicySet,
     incoming: &Incoming,
-    now: i64,
     seq: &mut i64,
+    delta: &mut Usage,
 ) -> Result<Outcome, StoreError> {
+    let Write { tx, user, ty, type_index, now } = *at;
     let server = tx.record(user, &ty.name, &incoming.id)?;
     if let Some(s) = &server
         && s.version == incoming.version
@@ -161,6 +202,13 @@ fn decide_and_write(
     let version = server.as_ref().map_or(incoming.version, |s| s.version.saturating_add(1).max(incoming.version));
     let mut store_as = |data: &str, deleted: bool| -> Result<RecordRow, StoreError> {
         *seq += 1;
+        match &server {
+            None => {
+                delta.records += 1;
+                delta.bytes += data.len() as i64;
+            }
+            Some(old) => delta.bytes += data.len() as i64 - old.data.len() as i64,
+        }
         let row = RecordRow {
             entity: ty.name.clone(),
             id: incoming.id.clone(),
@@ -181,11 +229,8 @@ fn decide_and_write(
             // Never dropped: the incoming record goes to the conflicts table.
             let conflict_id = super::new_id();
             let incoming_json = incoming_wire(incoming);
-            let server_json = server.as_ref().map(|s| {
-                let mut out = Vec::new();
-                json::push_record(&mut out, s);
-                String::from_utf8_lossy(&out).into_owned()
-            });
+            delta.open_conflicts += 1;
+            delta.bytes += incoming_json.len() as i64;
             tx.insert_conflict(
                 user,
                 &NewConflict {
@@ -193,7 +238,7 @@ fn decide_and_write(
                     entity: &ty.name,
                     record_id: &incoming.id,
                     incoming: &incoming_json,
-                    server: server_json.as_deref(),
+                    server_version: server.as_ref().map(|s| s.version),
                     reason: &reason,
                     created_at: now,
                 },
@@ -218,7 +263,9 @@ fn incoming_wire(incoming: &Incoming) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn push_result(out: &mut Vec<u8>, id: &str, outcome: &Outcome) {
+/// Renders one record's result. A conflict's server record is noted in
+/// `splices`, so the stored copy of the response can leave it out.
+fn push_result(out: &mut Vec<u8>, entity: &str, id: &str, outcome: &Outcome, splices: &mut Vec<Splice>) {
     out.extend_from_slice(b"{\"id\":");
     json::push_str(out, id);
     match outcome {
@@ -236,7 +283,15 @@ fn push_result(out: &mut Vec<u8>, id: &str, outcome: &Outcome) {
             out.extend_from_slice(b",\"status\":\"conflict\"");
             if let Some(server) = server {
                 let _ = write!(out, ",\"serverVersion\":{},\"record\":", server.version);
+                let start = out.len();
                 json::push_record(out, server);
+                splices.push(Splice {
+                    start,
+                    end: out.len(),
+                    entity: entity.to_string(),
+                    id: id.to_string(),
+                    version: server.version,
+                });
             }
             out.extend_from_slice(b",\"conflictId\":");
             json::push_str(out, conflict_id);

@@ -212,33 +212,41 @@ fn parse_record(raw: &RawValue, at: &str, ty: &super::EntityType, limits: &SyncC
     let data = match body.data {
         None if deleted => "{}".to_string(),
         None => return Err(at_id("field `data` is missing (only a tombstone may omit it)")),
-        Some(raw) => {
-            let text = raw.get();
-            if !text.starts_with('{') {
-                return Err(at_id("field `data` must be a JSON object"));
-            }
-            if text.len() > limits.max_record_bytes {
-                return Err(at_id(&format!(
-                    "field `data` is {} bytes; the limit is {} (sync.max_record_bytes)",
-                    text.len(),
-                    limits.max_record_bytes
-                )));
-            }
-            if json::depth(text) > limits.max_json_depth {
-                return Err(at_id(&format!(
-                    "field `data` is nested deeper than {} levels (sync.max_json_depth)",
-                    limits.max_json_depth
-                )));
-            }
-            text.to_string()
-        }
+        Some(raw) => raw.get().to_string(),
     };
-    let refs = if ty.refs.is_empty() { Vec::new() } else { reference_values(&data, ty).map_err(|e| at_id(&e))? };
+    let refs = check_data(&data, ty, limits).map_err(|e| at_id(&e))?;
     Ok(Incoming { id, version, base_version, deleted, data, refs })
 }
 
+/// Checks a record's `data` text against the limits and the type's
+/// reference fields; returns the reference values (see [`Incoming::refs`]).
+pub(crate) fn check_data(
+    data: &str,
+    ty: &super::EntityType,
+    limits: &SyncConfig,
+) -> Result<Vec<Option<String>>, String> {
+    if !data.starts_with('{') {
+        return Err("field `data` must be a JSON object".into());
+    }
+    if data.len() > limits.max_record_bytes {
+        return Err(format!(
+            "field `data` is {} bytes; the limit is {} (sync.max_record_bytes)",
+            data.len(),
+            limits.max_record_bytes
+        ));
+    }
+    if json::depth(data) > limits.max_json_depth {
+        return Err(format!(
+            "field `data` is nested deeper than {} levels (sync.max_json_depth)",
+            limits.max_json_depth
+        ));
+    }
+    // `data` is valid JSON already: callers take it from a parsed body.
+    if ty.refs.is_empty() { Ok(Vec::new()) } else { reference_values(data, ty) }
+}
+
 /// Reads the type's reference fields out of `data`.
-pub(crate) fn reference_values(data: &str, ty: &super::EntityType) -> Result<Vec<Option<String>>, String> {
+fn reference_values(data: &str, ty: &super::EntityType) -> Result<Vec<Option<String>>, String> {
     let fields: BTreeMap<String, &RawValue> =
         serde_json::from_str(data).map_err(|e| format!("field `data` is not a valid object: {e}"))?;
     ty.refs

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli_config;
+mod hardening;
 mod http_basics;
 mod jwt;
 mod keys;
