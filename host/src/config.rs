@@ -436,8 +436,8 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return bad("server.max_body_bytes", "must be greater than 0");
         }
-        if self.server.max_parsing_bytes < self.server.max_body_bytes {
-            return bad("server.max_parsing_bytes", "must be at least server.max_body_bytes");
+        if self.server.max_parsing_bytes / 2 < self.server.max_body_bytes {
+            return bad("server.max_parsing_bytes", "must be at least twice server.max_body_bytes");
         }
         if self.database.path.as_os_str().is_empty() {
             return bad("database.path", "must not be empty");

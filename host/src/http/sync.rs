@@ -42,7 +42,7 @@ pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) 
                 "the request body is larger than {limit} bytes (server.max_body_bytes)"
             )));
         }
-        budget.extend(&mut buf, &chunk)?;
+        budget.extend(&mut buf, &chunk, limit)?;
     }
     let response = state.sync.push(&caller.user_id, buf).await?;
     Ok(json_response(response))

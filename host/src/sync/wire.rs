@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
@@ -41,76 +41,173 @@ pub struct PushRequest {
     pub record_count: usize,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The top level of a push body. Every field is borrowed raw text, read
+/// into a typed value only once its shape is known: a body never becomes a
+/// tree of generic JSON values, whatever it holds (a 30 KiB gzip body can
+/// inflate to 32 MiB of `[0,0,0,…]`).
 struct PushBody<'a> {
-    #[serde(default)]
-    client_id: Option<Value>,
-    #[serde(default)]
-    push_id: Option<Value>,
-    #[serde(borrow)]
-    changes: Changes<'a>,
+    client_id: Option<&'a RawValue>,
+    push_id: Option<&'a RawValue>,
+    /// `changes` in body order.
+    changes: Vec<(String, Vec<&'a RawValue>)>,
 }
 
-/// `changes` in body order; an entity type named twice is an error rather
-/// than silently keeping only the last list.
-struct Changes<'a>(Vec<(String, Vec<&'a RawValue>)>);
+/// Reads a push body, counting records as it goes: past `max_records` it
+/// stops (`too_many` set) instead of collecting an unbounded list.
+struct BodySeed<'c> {
+    max_records: usize,
+    too_many: &'c std::cell::Cell<bool>,
+}
 
-impl<'de: 'a, 'a> Deserialize<'de> for Changes<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entries<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Entries<'a> {
-            type Value = Changes<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object mapping entity types to arrays of records")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Changes<'a>, A::Error> {
-                let mut out: Vec<(String, Vec<&'a RawValue>)> = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if out.iter().any(|(k, _)| *k == key) {
-                        return Err(serde::de::Error::custom(format!(
-                            "entity type `{key}` appears twice in `changes`"
-                        )));
-                    }
-                    let records: Vec<&'a RawValue> = map.next_value()?;
-                    out.push((key, records));
+impl<'de, 'c> DeserializeSeed<'de> for BodySeed<'c> {
+    type Value = PushBody<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<PushBody<'de>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, 'c> Visitor<'de> for BodySeed<'c> {
+    type Value = PushBody<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a push object with `changes`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PushBody<'de>, A::Error> {
+        let (mut client_id, mut push_id, mut changes) = (None, None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "clientId" => client_id = Some(map.next_value::<&'de RawValue>()?),
+                "pushId" => push_id = Some(map.next_value::<&'de RawValue>()?),
+                "changes" if changes.is_some() => return Err(de::Error::duplicate_field("changes")),
+                "changes" => {
+                    let mut left = self.max_records;
+                    changes = Some(map.next_value_seed(ChangesSeed { left: &mut left, too_many: self.too_many })?);
                 }
-                Ok(Changes(out))
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
-        deserializer.deserialize_map(Entries(std::marker::PhantomData))
+        let changes = changes.ok_or_else(|| de::Error::missing_field("changes"))?;
+        Ok(PushBody { client_id, push_id, changes })
+    }
+}
+
+/// `changes`: entity type → records, in body order; an entity type named
+/// twice is an error rather than silently keeping only the last list.
+struct ChangesSeed<'l, 'c> {
+    left: &'l mut usize,
+    too_many: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for ChangesSeed<'_, '_> {
+    type Value = Vec<(String, Vec<&'de RawValue>)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChangesSeed<'_, '_> {
+    type Value = Vec<(String, Vec<&'de RawValue>)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object mapping entity types to arrays of records")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: Self::Value = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.iter().any(|(k, _)| *k == key) {
+                return Err(de::Error::custom(format!("entity type `{key}` appears twice in `changes`")));
+            }
+            let records = map.next_value_seed(RecordsSeed { left: &mut *self.left, too_many: self.too_many })?;
+            out.push((key, records));
+        }
+        Ok(out)
+    }
+}
+
+/// One type's array of records, each kept as raw text.
+struct RecordsSeed<'l, 'c> {
+    left: &'l mut usize,
+    too_many: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_, '_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed<'_, '_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(record) = seq.next_element::<&'de RawValue>()? {
+            if *self.left == 0 {
+                self.too_many.set(true);
+                return Err(de::Error::custom("too many records"));
+            }
+            *self.left -= 1;
+            out.push(record);
+        }
+        Ok(out)
     }
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RecordBody<'a> {
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default)]
-    version: Option<Value>,
-    #[serde(default)]
-    base_version: Option<Value>,
-    #[serde(default)]
-    deleted: Option<Value>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    version: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    base_version: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    deleted: Option<&'a RawValue>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
 }
 
+/// Reads raw JSON text as a `T`, `null` and absence as `None`; `Err` when it is something else.
+fn typed<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Result<Option<T>, ()> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<Option<T>>(raw.get()).map_err(|_| ()),
+    }
+}
+
 pub fn parse_push(body: &[u8], entities: &Entities, limits: &SyncConfig) -> Result<PushRequest, SyncError> {
-    let parsed: PushBody<'_> = serde_json::from_slice(body).map_err(|e| body_error(&e))?;
+    let too_many = std::cell::Cell::new(false);
+    let seed = BodySeed { max_records: limits.max_records_per_push, too_many: &too_many };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed = seed.deserialize(&mut deserializer).and_then(|b| deserializer.end().map(|()| b)).map_err(|e| {
+        if too_many.get() {
+            SyncError::TooLarge(format!(
+                "the push holds more than {} records (sync.max_records_per_push) — split it",
+                limits.max_records_per_push
+            ))
+        } else {
+            body_error(&e)
+        }
+    })?;
     let push_id = optional_id(parsed.push_id, "pushId")?;
     optional_id(parsed.client_id, "clientId")?;
 
-    let record_count: usize = parsed.changes.0.iter().map(|(_, r)| r.len()).sum();
-    if record_count > limits.max_records_per_push {
-        return Err(SyncError::TooLarge(format!(
-            "the push holds {record_count} records; the limit is {} (sync.max_records_per_push) — split it",
-            limits.max_records_per_push
-        )));
-    }
-    let mut groups = Vec::with_capacity(parsed.changes.0.len());
-    for (name, records) in &parsed.changes.0 {
+    let record_count: usize = parsed.changes.iter().map(|(_, r)| r.len()).sum();
+    let mut groups = Vec::with_capacity(parsed.changes.len());
+    for (name, records) in &parsed.changes {
         let index = entities
             .index_of(name)
             .ok_or_else(|| SyncError::Invalid(format!("changes.{name}: unknown entity type `{name}`")))?;
@@ -168,11 +265,11 @@ fn body_error(e: &serde_json::Error) -> SyncError {
     }
 }
 
-fn optional_id(value: Option<Value>, field: &str) -> Result<Option<String>, SyncError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => Ok(Some(s)),
-        Some(_) => Err(SyncError::Invalid(format!("`{field}` must be a string of 1 to {MAX_ID_CHARS} characters"))),
+fn optional_id(value: Option<&RawValue>, field: &str) -> Result<Option<String>, SyncError> {
+    match typed::<String>(value) {
+        Ok(None) => Ok(None),
+        Ok(Some(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => Ok(Some(s)),
+        _ => Err(SyncError::Invalid(format!("`{field}` must be a string of 1 to {MAX_ID_CHARS} characters"))),
     }
 }
 
@@ -185,29 +282,26 @@ fn parse_record(raw: &RawValue, at: &str, ty: &super::EntityType, limits: &SyncC
             invalid("a record must be a JSON object".into())
         }
     })?;
-    let id = match body.id {
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => s,
-        Some(Value::String(s)) if s.is_empty() => return Err(invalid("field `id` must not be empty".into())),
-        Some(Value::String(_)) => return Err(invalid(format!("field `id` is longer than {MAX_ID_CHARS} characters"))),
-        None | Some(Value::Null) => return Err(invalid("field `id` is missing".into())),
-        Some(_) => return Err(invalid("field `id` must be a string".into())),
+    let id = match typed::<String>(body.id) {
+        Ok(Some(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => s,
+        Ok(Some(s)) if s.is_empty() => return Err(invalid("field `id` must not be empty".into())),
+        Ok(Some(_)) => return Err(invalid(format!("field `id` is longer than {MAX_ID_CHARS} characters"))),
+        Ok(None) => return Err(invalid("field `id` is missing".into())),
+        Err(()) => return Err(invalid("field `id` must be a string".into())),
     };
     let at_id = |what: &str| SyncError::Invalid(format!("{at} (id {id:?}): {what}"));
-    let version = match body.version.as_ref().and_then(Value::as_i64) {
-        Some(v) if v > 0 && v <= MAX_VERSION => v,
+    let version = match typed::<i64>(body.version) {
+        Ok(Some(v)) if v > 0 && v <= MAX_VERSION => v,
         _ => return Err(at_id("field `version` must be an integer from 1 to 2^53-1")),
     };
-    let base_version = match &body.base_version {
-        None | Some(Value::Null) => 0,
-        Some(v) => match v.as_i64() {
-            Some(b) if (0..=MAX_VERSION).contains(&b) => b,
-            _ => return Err(at_id("field `baseVersion` must be an integer from 0 to 2^53-1")),
-        },
+    let base_version = match typed::<i64>(body.base_version) {
+        Ok(None) => 0,
+        Ok(Some(b)) if (0..=MAX_VERSION).contains(&b) => b,
+        _ => return Err(at_id("field `baseVersion` must be an integer from 0 to 2^53-1")),
     };
-    let deleted = match &body.deleted {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(at_id("field `deleted` must be true or false")),
+    let deleted = match typed::<bool>(body.deleted) {
+        Ok(b) => b.unwrap_or(false),
+        Err(()) => return Err(at_id("field `deleted` must be true or false")),
     };
     let data = match body.data {
         None if deleted => "{}".to_string(),

@@ -209,61 +209,118 @@ async fn a_locked_database_is_busy_not_closed() {
 async fn push_bodies_share_a_bounded_budget() {
     let server = TestServer::start_with(|c| {
         c.server.max_body_bytes = 64 * 1024;
-        c.server.max_parsing_bytes = 64 * 1024;
+        c.server.max_parsing_bytes = 128 * 1024;
     })
     .await;
     let key = server.cli_key("alice", &[]);
-    // A slow upload holds 40 KiB of the budget…
-    let (more, rest) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let head = format!(
-        r#"{{"changes": {{"pages": [{{"id": "slow", "version": 1, "data": {{"body": "{}"#,
-        "x".repeat(40 * 1024)
-    );
-    more.send(Ok(head.into_bytes())).await.unwrap();
-    let stream = tokio_stream_from(rest);
-    let slow = tokio::spawn({
+    // Three slow uploads of 60 KiB each, held open at once, need more than
+    // the 128 KiB budget: at least one is refused while the others wait.
+    let mut slow = Vec::new();
+    for name in ["slow1", "slow2", "slow3"] {
+        let (more, rest) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let head = format!(
+            r#"{{"changes": {{"pages": [{{"id": "{name}", "version": 1, "data": {{"body": "{}"#,
+            "x".repeat(60 * 1024)
+        );
+        more.send(Ok(head.into_bytes())).await.unwrap();
         let request = server
             .client
             .post(server.url("/api/sync/push"))
             .bearer_auth(&key)
             .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(stream));
-        async move { request.send().await.unwrap().status().as_u16() }
-    });
-    // …so another 40 KiB body does not fit: 503 with Retry-After, nothing written.
-    // (Until the slow upload's first chunk has reached the server, a push may still fit.)
-    let mut refused = None;
-    for attempt in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let big =
-            json!({"changes": {"pages": [page(&format!("fast{attempt}"), 1, json!({"body": "y".repeat(40 * 1024)}))]}});
-        let r = server.post("/api/sync/push", &key, &big).send().await.unwrap();
-        if r.status() == 503 {
-            assert!(r.headers().contains_key("retry-after"));
-            refused = Some(expect_problem(r, 503).await);
+            .body(reqwest::Body::wrap_stream(stream_from(rest)));
+        let task = tokio::spawn(async move {
+            let r = request.send().await.unwrap();
+            let retry_after = r.headers().contains_key("retry-after");
+            (r.status().as_u16(), retry_after, r.text().await.unwrap())
+        });
+        slow.push((name, more, task));
+    }
+    let mut refused = Vec::new();
+    for _ in 0..200 {
+        if slow.iter().any(|(_, _, task)| task.is_finished()) {
             break;
         }
-        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let problem = refused.expect("a second body past the budget is refused");
-    assert!(problem["detail"].as_str().unwrap().contains("server.max_parsing_bytes"), "{problem}");
-    // The slow upload finishes and is applied; the budget is free again.
-    more.send(Ok(br#""}}]}}"#.to_vec())).await.unwrap();
-    drop(more);
-    assert_eq!(slow.await.unwrap(), 200);
-    let after = json!({"changes": {"pages": [page("after", 1, json!({"body": "y".repeat(40 * 1024)}))]}});
+    let mut waiting = Vec::new();
+    for (name, more, task) in slow {
+        if task.is_finished() {
+            let (status, retry_after, body) = task.await.unwrap();
+            assert_eq!(status, 503, "{body}");
+            assert!(retry_after && body.contains("server.max_parsing_bytes"), "{body}");
+            refused.push(name);
+        } else {
+            waiting.push((name, more, task));
+        }
+    }
+    assert!(!refused.is_empty(), "three 60 KiB bodies at once fit a 128 KiB budget");
+    // The others finish and are applied; the budget is free again.
+    let mut applied = Vec::new();
+    for (name, more, task) in waiting {
+        more.send(Ok(br#""}}]}}"#.to_vec())).await.unwrap();
+        drop(more);
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        applied.push(name);
+    }
+    let after = json!({"changes": {"pages": [page("after", 1, json!({"body": "y".repeat(60 * 1024)}))]}});
     push_ok(&server, &key, &after).await;
     let ids: Vec<String> = crate::support::pull_all(&server, &key)
         .await
         .into_iter()
         .map(|(_, r)| r["id"].as_str().unwrap().into())
         .collect();
-    assert!(ids.contains(&"slow".to_string()) && ids.contains(&"after".to_string()), "{ids:?}");
+    for id in applied.iter().chain(&["after"]) {
+        assert!(ids.contains(&id.to_string()), "{ids:?}");
+    }
+    for id in refused {
+        assert!(!ids.contains(&id.to_string()), "a refused push wrote nothing: {ids:?}");
+    }
 }
 
 /// A stream of body chunks fed from a channel.
-fn tokio_stream_from(
+fn stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn inflated_bodies_are_refused_without_building_them() {
+    use std::io::Write as _;
+    let server = TestServer::start().await;
+    let key = server.cli_key("alice", &[]);
+    let gzip = |text: &str| {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(text.as_bytes()).unwrap();
+        encoder.finish().unwrap()
+    };
+    let zeros = |n: usize| vec!["0"; n].join(",");
+    let n = 15 * 1024 * 1024;
+    for (body, status, says) in [
+        (format!(r#"{{"clientId": [{}], "changes": {{}}}}"#, zeros(n)), 422, "clientId"),
+        (
+            format!(r#"{{"changes": {{"pages": [{{"id": "a", "version": [{}], "data": {{}}}}]}}}}"#, zeros(n)),
+            422,
+            "version",
+        ),
+        (format!(r#"{{"changes": {{"pages": [{}]}}}}"#, vec!["{}"; 10_001].join(",")), 413, "max_records_per_push"),
+    ] {
+        let packed = gzip(&body);
+        assert!(packed.len() < 64 * 1024, "a small upload: {} bytes", packed.len());
+        let r = server
+            .client
+            .post(server.url("/api/sync/push"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(packed)
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(r, status).await;
+        assert!(problem["detail"].as_str().unwrap().contains(says), "{problem}");
+    }
+    assert!(pull(&server, &key, "").await["changes"].as_object().unwrap().is_empty());
 }
