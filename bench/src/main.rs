@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod attacks;
 mod policy;
 
 #[derive(Parser)]
@@ -65,6 +66,11 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
+    /// Issue 7's attacks: gzip memory amplification, conflict disk amplification, fairness between users.
+    Attacks {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Everything above with default arguments.
     All,
     /// (internal) run the server on a database and print its address.
@@ -89,6 +95,11 @@ fn main() {
             Command::RawSqlite { records, batch } => raw_sqlite(records, batch),
             Command::Policy { calls } => policy::per_call(calls),
             Command::Updates { records, batch } => updates(records, batch).await,
+            Command::Attacks { seconds } => {
+                attacks::memory().await;
+                attacks::disk().await;
+                attacks::fairness(seconds).await;
+            }
             Command::All => {
                 raw_sqlite(100_000, 500);
                 first_sync(10_000, 500, 1000).await;
@@ -96,6 +107,9 @@ fn main() {
                 concurrent(16, 10, 10).await;
                 policy::per_call(20_000);
                 updates(20_000, 500).await;
+                attacks::memory().await;
+                attacks::disk().await;
+                attacks::fairness(10).await;
             }
         }
     });
@@ -115,6 +129,7 @@ struct Server {
     child: tokio::process::Child,
     base: String,
     key: String,
+    db: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -138,7 +153,26 @@ impl Server {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
         let addr = line.strip_prefix("listening ").unwrap().to_string();
-        Server { child, base: format!("http://{addr}"), key, _dir: dir }
+        Server { child, base: format!("http://{addr}"), key, db, _dir: dir }
+    }
+
+    /// A key for another user, made through the HTTP API's CLI twin (the store, while the server runs).
+    async fn key_for(&self, user: &str) -> String {
+        let mut config = Config::default();
+        config.database.path = self.db.clone();
+        let store = accord::server::open_store(&config).await.unwrap();
+        let (_, key) = apikey::issue(&store, user, user, &[Scope::SyncRead, Scope::SyncWrite]).await.unwrap();
+        store.close().await;
+        key
+    }
+
+    /// The database file with its WAL, in bytes.
+    fn db_bytes(&self) -> u64 {
+        [self.db.clone(), self.db.with_extension("db-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Peak resident set size of the server process so far, in MiB.
@@ -155,7 +189,7 @@ impl Server {
 }
 
 /// A ~1 KB record body.
-fn record(id: &str, n: usize) -> serde_json::Value {
+pub(crate) fn record(id: &str, n: usize) -> serde_json::Value {
     serde_json::json!({
         "id": id,
         "version": 1,
@@ -182,7 +216,7 @@ fn push_bodies(prefix: &str, n: usize, batch: usize) -> Vec<String> {
 }
 
 /// POSTs one push body; panics unless it is a 200. Returns the response body.
-async fn post_push(client: &reqwest::Client, base: &str, key: &str, body: String) -> Vec<u8> {
+pub(crate) async fn post_push(client: &reqwest::Client, base: &str, key: &str, body: String) -> Vec<u8> {
     let r = client
         .post(format!("{base}/api/sync/push"))
         .bearer_auth(key)
