@@ -10,6 +10,7 @@
 
 pub mod apikey;
 pub mod jwt;
+pub mod limit;
 pub mod usage;
 
 use std::fmt;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth_limit;
 mod cli_config;
 mod http_basics;
 mod jwt;
