@@ -290,3 +290,18 @@ async fn a_key_revokes_and_creates_only_keys_within_its_own_scopes() {
     assert_eq!(r.unwrap().status(), 204);
     expect_problem(server.get("/api/api-keys", &spare).send().await.unwrap(), 401).await;
 }
+
+#[tokio::test]
+async fn an_expiring_key_ends_its_event_stream() {
+    let server = TestServer::start_with(|c| c.sync.heartbeat_secs = 1).await;
+    let manager = server.cli_key("max", &[]);
+    let body = json!({"name": "tab", "scopes": ["sync:read"], "expiresAt": now_ms() + 2000});
+    let created: Value = server.post("/api/api-keys", &manager, &body).send().await.unwrap().json().await.unwrap();
+    let key = created["key"].as_str().unwrap();
+    let opened = Instant::now();
+    let r = server.get("/api/sync/events", key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    assert!(crate::support::ends_within(&mut stream, 10).await, "the stream of an expired key kept running");
+    assert!(opened.elapsed() >= Duration::from_millis(1500), "the stream ended before the key expired");
+}
