@@ -1,8 +1,9 @@
 //! `/api/api-keys`: create, list and revoke the caller's API keys.
 //!
 //! A credential may create or revoke only keys whose scopes it holds itself
-//! (`admin` holds every scope), and only while its own expiry has not passed:
-//! a JWT accepted inside its clock-skew leeway cannot mint a lasting key.
+//! (`admin` holds every scope), and create keys only while its own expiry has
+//! not passed: a JWT accepted inside its clock-skew leeway cannot mint a
+//! lasting key. A key created by an expiring API key expires no later than it.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -91,6 +92,18 @@ pub async fn create(
         && at <= now_ms()
     {
         return Err(ApiError::Unprocessable("`expiresAt` must be in the future (unix milliseconds)".into()));
+    }
+    // An expiring API key cannot launder its expiry into a lasting key. (A JWT
+    // always has an `exp`, but is a session: its user may create lasting keys.)
+    if caller.key_id.is_some()
+        && let Some(own) = caller.expires_at
+    {
+        let own_ms = i64::try_from(own).unwrap_or(i64::MAX).saturating_mul(1000);
+        if body.expires_at.is_none_or(|at| at > own_ms) {
+            return Err(ApiError::Forbidden(format!(
+                "this key expires at {own_ms}; a key it creates must set `expiresAt` no later than that"
+            )));
+        }
     }
     let (row, raw) =
         apikey::issue(&state.store, &caller.user_id, &name, &scopes, body.expires_at).await.map_err(|e| match e {

@@ -305,3 +305,21 @@ async fn an_expiring_key_ends_its_event_stream() {
     assert!(crate::support::ends_within(&mut stream, 10).await, "the stream of an expired key kept running");
     assert!(opened.elapsed() >= Duration::from_millis(1500), "the stream ended before the key expired");
 }
+
+#[tokio::test]
+async fn an_expiring_key_creates_only_keys_that_expire_no_later() {
+    let server = TestServer::start().await;
+    let admin = server.cli_key("ned", &[]);
+    let own = now_ms() + 3_600_000;
+    let body = json!({"name": "ci", "scopes": ["sync:read", "keys:manage"], "expiresAt": own});
+    let ci: Value = server.post("/api/api-keys", &admin, &body).send().await.unwrap().json().await.unwrap();
+    let ci = ci["key"].as_str().unwrap();
+    // Own expiry is whole seconds for the comparison; stay a second inside it.
+    let inside = own - 1000;
+    for later in [json!(null), json!(own + 60_000)] {
+        let r = server.post("/api/api-keys", ci, &json!({"name": "x", "scopes": ["sync:read"], "expiresAt": later}));
+        expect_problem(r.send().await.unwrap(), 403).await;
+    }
+    let r = server.post("/api/api-keys", ci, &json!({"name": "ok", "scopes": ["sync:read"], "expiresAt": inside}));
+    assert_eq!(r.send().await.unwrap().status(), 201);
+}
