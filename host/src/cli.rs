@@ -94,6 +94,30 @@ struct CreateArgs {
     /// Default: sync:read, sync:write and keys:manage.
     #[arg(long = "scope", value_name = "S")]
     scopes: Vec<String>,
+    /// Make the key stop working after this long: a number with s, m, h or d
+    /// (e.g. 90m, 12h, 30d). Default: the key does not expire.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    expires_in: Option<i64>,
+}
+
+/// Parses `30d`, `12h`, `90m` or `45s` into milliseconds.
+fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = (text.get(..split).unwrap_or(""), text.get(split..).unwrap_or(""));
+    let unit_ms: i64 = match unit {
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
+        "d" => 86_400 * 1000,
+        _ => return Err(format!("`{text}`: expected a number followed by s, m, h or d (e.g. 30d)")),
+    };
+    let count: i64 = number
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}`: expected a positive whole number before `{unit}`"))?;
+    count.checked_mul(unit_ms).filter(|ms| *ms < i64::MAX / 2).ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// Scopes of a CLI-created key when none are named: enough to sync and to manage one's keys over HTTP.
@@ -205,9 +229,12 @@ async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
                 return Err("--user must not be empty".into());
             }
             let scopes = if args.scopes.is_empty() { DEFAULT_CLI_SCOPES.to_vec() } else { parse_scopes(&args.scopes)? };
-            let (row, raw) = apikey::issue(store, &user, &args.name, &scopes).await.map_err(|e| e.to_string())?;
+            let expires_at = args.expires_in.map(|ms| now_ms().saturating_add(ms));
+            let (row, raw) =
+                apikey::issue(store, &user, &args.name, &scopes, expires_at).await.map_err(|e| e.to_string())?;
+            let expiry = row.expires_at.map_or_else(|| "does not expire".to_string(), |t| format!("expires at {t}"));
             eprintln!(
-                "created key {} ({}) for user {} with scopes {}",
+                "created key {} ({}) for user {} with scopes {}; {expiry}",
                 row.id,
                 row.prefix,
                 row.user_id,
@@ -217,22 +244,24 @@ async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
             println!("{raw}");
             Ok(())
         }
+        // Times are unix milliseconds, like the HTTP API's.
         KeysCommand::List { user } => {
             let rows = store.read(move |c| c.api_keys_of(&user)).await.map_err(|e| e.to_string())?;
             println!(
-                "{:<18} {:<12} {:<20} {:<14} {:<14} {:<14} scopes",
-                "id", "prefix", "name", "created", "last used", "revoked"
+                "{:<20} {:<12} {:<20} {:<14} {:<14} {:<14} {:<14} scopes",
+                "id", "prefix", "name", "created", "last used", "revoked", "expires"
             );
             let ms = |t: Option<i64>| t.map_or("-".to_string(), |t| t.to_string());
             for r in rows {
                 println!(
-                    "{:<18} {:<12} {:<20} {:<14} {:<14} {:<14} {}",
+                    "{:<20} {:<12} {:<20} {:<14} {:<14} {:<14} {:<14} {}",
                     r.id,
                     r.prefix,
                     r.name,
                     r.created_at,
                     ms(r.last_used_at),
                     ms(r.revoked_at),
+                    ms(r.expires_at),
                     r.scopes.join(" ")
                 );
             }
@@ -299,4 +328,20 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_take_s_m_h_d_suffixes() {
+        assert_eq!(parse_duration_ms("45s"), Ok(45_000));
+        assert_eq!(parse_duration_ms("90m"), Ok(90 * 60_000));
+        assert_eq!(parse_duration_ms("12h"), Ok(12 * 3_600_000));
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        for bad in ["", "d", "30", "30w", "-1d", "0d", "1.5h", "99999999999999999d", "3 d"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
+        }
+    }
 }

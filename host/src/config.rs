@@ -32,10 +32,20 @@ pub struct Config {
     pub file: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// `[auth]`: the failed-authentication limit, and `[auth.jwt]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// Failed authentications one client address may make per minute (a
+    /// bucket of this many, refilled at this rate); beyond it, `429`. 0 disables.
+    pub failed_per_minute: u32,
     pub jwt: JwtConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { failed_per_minute: 20, jwt: JwtConfig::default() }
+    }
 }
 
 /// `[auth.jwt]`: JWT is on when exactly one key source is set.

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::UsageRecorder;
 use crate::auth::jwt::{JwtSetupError, JwtVerifier};
+use crate::auth::limit::FailedAuthLimit;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -73,7 +74,8 @@ pub async fn serve_on(
     let config = Arc::new(config);
     policy::reload::spawn_reloaders(policies, config.clone(), shutdown_rx.clone());
     let jwt = JwtVerifier::from_config(&config.auth.jwt).await?.map(Arc::new);
-    let state = AppState { config, store: store.clone(), usage, sync, metrics, jwt, shutdown: shutdown_rx };
+    let auth_limit = Arc::new(FailedAuthLimit::new(config.auth.failed_per_minute));
+    let state = AppState { config, store: store.clone(), usage, sync, metrics, jwt, auth_limit, shutdown: shutdown_rx };
     let router = http::app(state);
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %store.path().display(), "accord listening");
@@ -85,7 +87,8 @@ pub async fn serve_on(
         let _ = shutdown_tx.send(true);
         let _ = stopping_tx.send(());
     };
-    let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(graceful);
     let server = tokio::spawn(async move { server.await });
     // Once shutdown has begun, in-flight requests get `grace` to finish.
     let outcome = tokio::select! {

@@ -54,13 +54,15 @@ pub enum IssueError {
     Store(#[from] StoreError),
 }
 
-/// Generates and stores a key for `user_id`; returns the stored row and the
+/// Generates and stores a key for `user_id`, expiring at `expires_at` (unix
+/// ms) if given; returns the stored row and the
 /// raw key, which the caller shows once and forgets.
 pub async fn issue(
     store: &Store,
     user_id: &str,
     name: &str,
     scopes: &[Scope],
+    expires_at: Option<i64>,
 ) -> Result<(ApiKeyRow, String), IssueError> {
     let generated = generate().map_err(IssueError::Random)?;
     let new = NewApiKey {
@@ -71,6 +73,7 @@ pub async fn issue(
         hash: generated.hash,
         scopes: scopes.iter().map(|s| s.as_str().to_string()).collect(),
         created_at: now_ms(),
+        expires_at,
     };
     let row = store.write(move |conn| conn.insert_api_key(&new)).await?;
     Ok((row, generated.raw))
@@ -100,5 +103,10 @@ mod tests {
         assert_eq!(hash("ka_short"), None);
         assert_eq!(hash(&format!("ka_{}", "=".repeat(43))), None);
         assert_eq!(hash(&format!("kb_{}", "a".repeat(43))), None);
+        assert_eq!(hash(&format!("ka_{}", "a".repeat(42))), None);
+        assert_eq!(hash(&format!("ka_{}", "a".repeat(44))), None);
+        assert_eq!(hash(&format!("ka_{}+", "a".repeat(42))), None);
+        assert_eq!(hash(&format!("ka_{}é", "a".repeat(41))), None);
+        assert!(hash(&format!("ka_{}", "a".repeat(43))).is_some());
     }
 }

@@ -1,7 +1,9 @@
 //! Extractors: the authenticated caller, and JSON bodies whose rejections are problems.
 
+use std::net::SocketAddr;
+
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
 
@@ -11,20 +13,51 @@ use crate::auth::{self, AuthError, Principal, Scope};
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
+    /// Authenticates the bearer token. An address over `auth.failed_per_minute`
+    /// is refused (`429`) before its credential is looked at; each refused
+    /// credential counts against its address and is logged with the reason the
+    /// client is not told.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
-        let value = value.to_str().map_err(|_| AuthError::Malformed("Authorization header is not ASCII"))?;
-        let (scheme, token) =
-            value.split_once(' ').ok_or(AuthError::Malformed("expected `Authorization: Bearer <token>`"))?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::Malformed("only the Bearer scheme is supported").into());
+        // Present when served on a socket; in-process callers are not limited.
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if let Some(ip) = peer
+            && let Err(wait) = state.auth_limit.check(ip)
+        {
+            tracing::debug!(peer = %ip, "too many failed authentications; refused");
+            return Err(ApiError::TooManyRequests {
+                detail: "too many failed authentications from this address; retry later".into(),
+                retry_after_secs: Some(wait.as_secs().max(1)),
+            });
         }
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(AuthError::Missing.into());
+        match bearer(parts, state).await {
+            Ok(principal) => Ok(principal),
+            // The store failing is not the client's fault: it does not count.
+            Err(e @ AuthError::Store(_)) => Err(e.into()),
+            Err(e) => {
+                let peer_text = peer.map_or_else(|| "-".to_string(), |ip| ip.to_string());
+                tracing::info!(peer = %peer_text, reason = %e, "authentication refused");
+                if let Some(ip) = peer {
+                    state.auth_limit.failed(ip);
+                }
+                Err(e.into())
+            }
         }
-        Ok(auth::authenticate(&state.store, &state.usage, state.jwt.as_deref(), token).await?)
     }
+}
+
+async fn bearer(parts: &Parts, state: &AppState) -> Result<Principal, AuthError> {
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
+    let value = value.to_str().map_err(|_| AuthError::Malformed("Authorization header is not ASCII"))?;
+    let (scheme, token) =
+        value.split_once(' ').ok_or(AuthError::Malformed("expected `Authorization: Bearer <token>`"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed("only the Bearer scheme is supported"));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    auth::authenticate(&state.store, &state.usage, state.jwt.as_deref(), token).await
 }
 
 impl Principal {

@@ -1,4 +1,9 @@
 //! `/api/api-keys`: create, list and revoke the caller's API keys.
+//!
+//! A credential may create or revoke only keys whose scopes it holds itself
+//! (`admin` holds every scope), and create keys only while its own expiry has
+//! not passed: a JWT accepted inside its clock-skew leeway cannot mint a
+//! lasting key. A key created by an expiring API key expires no later than it.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Principal, Scope, apikey};
-use crate::store::{self, ApiKeyRow, now_ms};
+use crate::store::{ApiKeyRow, now_ms};
 
 /// Longest accepted key name, in characters.
 const MAX_NAME: usize = 100;
@@ -19,6 +24,9 @@ pub struct CreateKey {
     name: String,
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    /// When the new key stops working, unix ms; absent or null: never.
+    #[serde(default, rename = "expiresAt")]
+    expires_at: Option<i64>,
 }
 
 /// A key as clients see it: never the hash, never the key (except `key`, once, on creation).
@@ -32,6 +40,7 @@ pub struct KeyView {
     created_at: i64,
     last_used_at: Option<i64>,
     revoked_at: Option<i64>,
+    expires_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
 }
@@ -46,6 +55,7 @@ impl From<ApiKeyRow> for KeyView {
             created_at: row.created_at,
             last_used_at: row.last_used_at,
             revoked_at: row.revoked_at,
+            expires_at: row.expires_at,
             key: None,
         }
     }
@@ -60,6 +70,13 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::KeysManage)?;
+    if caller.is_expired() {
+        return Err(ApiError::Forbidden(
+            "this token has expired (it is only accepted within the clock-skew leeway); \
+             creating API keys needs an unexpired credential"
+                .into(),
+        ));
+    }
     let name = body.name.trim().to_string();
     if name.is_empty() || name.chars().count() > MAX_NAME {
         return Err(ApiError::Unprocessable(format!("`name` must be 1 to {MAX_NAME} characters")));
@@ -71,10 +88,28 @@ pub async fn create(
     if let Some(missing) = scopes.iter().find(|s| !caller.has(**s)) {
         return Err(ApiError::Forbidden(format!("cannot grant `{missing}`: the calling credential does not hold it")));
     }
-    let (row, raw) = apikey::issue(&state.store, &caller.user_id, &name, &scopes).await.map_err(|e| match e {
-        apikey::IssueError::Store(e) => ApiError::from(e),
-        other => ApiError::Internal(other.to_string()),
-    })?;
+    if let Some(at) = body.expires_at
+        && at <= now_ms()
+    {
+        return Err(ApiError::Unprocessable("`expiresAt` must be in the future (unix milliseconds)".into()));
+    }
+    // An expiring API key cannot launder its expiry into a lasting key. (A JWT
+    // always has an `exp`, but is a session: its user may create lasting keys.)
+    if caller.key_id.is_some()
+        && let Some(own) = caller.expires_at
+    {
+        let own_ms = i64::try_from(own).unwrap_or(i64::MAX).saturating_mul(1000);
+        if body.expires_at.is_none_or(|at| at > own_ms) {
+            return Err(ApiError::Forbidden(format!(
+                "this key expires at {own_ms}; a key it creates must set `expiresAt` no later than that"
+            )));
+        }
+    }
+    let (row, raw) =
+        apikey::issue(&state.store, &caller.user_id, &name, &scopes, body.expires_at).await.map_err(|e| match e {
+            apikey::IssueError::Store(e) => ApiError::from(e),
+            other => ApiError::Internal(other.to_string()),
+        })?;
     let mut view = KeyView::from(row);
     view.key = Some(raw);
     Ok((StatusCode::CREATED, Json(view)))
@@ -93,13 +128,33 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::KeysManage)?;
-    let user = caller.user_id;
-    let result = state.store.write(move |conn| conn.revoke_api_key(Some(&user), &id, now_ms())).await;
+    let user = caller.user_id.clone();
+    // Looked up and revoked in one write job, so the scopes checked are the ones revoked.
+    let result = state
+        .store
+        .write(move |conn| {
+            let Some(row) = conn.api_key_of(&user, &id)? else { return Ok(Revoke::NotFound) };
+            if let Some(scope) = row.scopes.iter().find(|s| Scope::parse(s).is_none_or(|s| !caller.has(s))) {
+                return Ok(Revoke::Lacks(scope.clone()));
+            }
+            conn.revoke_api_key(Some(&user), &id, now_ms())?;
+            Ok(Revoke::Done)
+        })
+        .await?;
     match result {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
-        Err(store::StoreError::NotFound) => Err(ApiError::NotFound("no API key with this id".into())),
-        Err(e) => Err(e.into()),
+        Revoke::Done => Ok(StatusCode::NO_CONTENT),
+        Revoke::NotFound => Err(ApiError::NotFound("no API key with this id".into())),
+        Revoke::Lacks(scope) => Err(ApiError::Forbidden(format!(
+            "cannot revoke a key with `{scope}`: the calling credential does not hold it"
+        ))),
     }
+}
+
+enum Revoke {
+    Done,
+    NotFound,
+    /// The key holds a scope the caller does not.
+    Lacks(String),
 }
 
 /// Parses scope names, rejecting unknown ones and removing duplicates.

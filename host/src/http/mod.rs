@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Verifies JWT bearer tokens; `None` when `[auth.jwt]` sets no key source.
     pub jwt: Option<Arc<crate::auth::jwt::JwtVerifier>>,
+    /// Failed authentications per client address (`auth.failed_per_minute`).
+    pub auth_limit: Arc<crate::auth::limit::FailedAuthLimit>,
     /// Turns true when the server starts shutting down (ends event streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -1,6 +1,8 @@
 //! The one place errors become HTTP responses: RFC 9457 `application/problem+json`.
 //!
-//! Internal details (SQL errors, panics) are logged here and never sent.
+//! Internal details (SQL errors, panics) are logged here and never sent, and
+//! a refused credential gets one generic detail ([`CREDENTIALS_REFUSED`]): the
+//! client never learns whether a key exists, was revoked or expired.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,9 @@ use crate::sync::SyncError;
 
 /// Base of the `type` URIs; each problem kind is documented in docs/problems.md.
 const TYPE_BASE: &str = "https://accord.dev/problems/";
+
+/// The `detail` of every 401 about the credential itself.
+pub const CREDENTIALS_REFUSED: &str = "invalid or expired credentials";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -35,6 +40,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_secs: Option<u64> },
     #[error("{0}")]
     Unavailable(String),
     /// A per-user quota is used up (507).
@@ -73,6 +80,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
             }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "Invalid input"),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "Too many requests")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             ApiError::QuotaExceeded(_) => (StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded", "Quota exceeded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
@@ -86,7 +96,12 @@ impl ApiError {
             ApiError::Unauthorized(AuthError::NotAnApiKey) => {
                 "the bearer token is not an API key, and JWT authentication is not configured".into()
             }
-            ApiError::Unauthorized(e) => e.to_string(),
+            ApiError::Unauthorized(AuthError::Missing) => {
+                "missing credentials: send `Authorization: Bearer <API key or JWT>`".into()
+            }
+            ApiError::Unauthorized(e @ AuthError::Malformed(_)) => e.to_string(),
+            // Unknown, revoked, expired, malformed or badly signed: one answer.
+            ApiError::Unauthorized(_) => CREDENTIALS_REFUSED.into(),
             ApiError::Internal(_) => "the server failed to handle this request; it has been logged".into(),
             other => other.to_string(),
         }
@@ -141,6 +156,7 @@ pub fn ensure_problem(response: Response) -> Response {
         }
         StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(reason),
         StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(reason),
+        StatusCode::TOO_MANY_REQUESTS => ApiError::TooManyRequests { detail: reason, retry_after_secs: None },
         s if s.is_server_error() => ApiError::Internal(format!("a layer answered {s}")),
         _ => ApiError::BadRequest(reason),
     };
@@ -161,7 +177,6 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(msg) => tracing::error!(error = %msg, "internal error"),
             ApiError::Unauthorized(AuthError::Store(e)) => tracing::error!(error = %e, "auth lookup failed"),
-            ApiError::Unauthorized(e) => tracing::debug!(reason = %e, "authentication refused"),
             _ => {}
         }
         let problem =
@@ -176,6 +191,9 @@ impl IntoResponse for ApiError {
         // Everything answered 503 is momentary (busy database, full queues).
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::TooManyRequests { retry_after_secs: Some(secs), .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         response
     }

@@ -15,6 +15,8 @@ pub struct ApiKeyRow {
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// When the key stops working (unix ms); `None` never.
+    pub expires_at: Option<i64>,
 }
 
 /// What is needed to insert a key; the raw key itself never reaches the store.
@@ -27,9 +29,10 @@ pub struct NewApiKey {
     pub hash: [u8; 32],
     pub scopes: Vec<String>,
     pub created_at: i64,
+    pub expires_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, user_id, name, prefix, scopes, created_at, last_used_at, revoked_at";
+const COLUMNS: &str = "id, user_id, name, prefix, scopes, created_at, last_used_at, revoked_at, expires_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
     let scopes: String = r.get(4)?;
@@ -42,6 +45,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
         created_at: r.get(5)?,
         last_used_at: r.get(6)?,
         revoked_at: r.get(7)?,
+        expires_at: r.get(8)?,
     })
 }
 
@@ -58,8 +62,8 @@ impl Tx<'_> {
         self.ensure_user(&key.user_id, key.created_at)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO api_keys (id, user_id, name, prefix, hash, scopes, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO api_keys (id, user_id, name, prefix, hash, scopes, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute((
                 &key.id,
@@ -69,6 +73,7 @@ impl Tx<'_> {
                 &key.hash[..],
                 key.scopes.join(" "),
                 key.created_at,
+                key.expires_at,
             ))?;
         Ok(ApiKeyRow {
             id: key.id.clone(),
@@ -79,6 +84,7 @@ impl Tx<'_> {
             created_at: key.created_at,
             last_used_at: None,
             revoked_at: None,
+            expires_at: key.expires_at,
         })
     }
 
@@ -88,12 +94,14 @@ impl Tx<'_> {
         Ok(self.conn.prepare_cached(&sql)?.query_row([&hash[..]], from_row).optional()?)
     }
 
-    /// True while the key exists and is not revoked.
+    /// True while the key exists, is not revoked and has not expired.
     pub fn api_key_active(&self, key_id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT revoked_at IS NULL FROM api_keys WHERE id = ?1")?
-            .query_row([key_id], |r| r.get::<_, bool>(0))
+            .prepare_cached(
+                "SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2) FROM api_keys WHERE id = ?1",
+            )?
+            .query_row((key_id, super::now_ms()), |r| r.get::<_, bool>(0))
             .optional()?
             .unwrap_or(false))
     }
@@ -104,6 +112,12 @@ impl Tx<'_> {
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([user_id], from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One of a user's keys by id.
+    pub fn api_key_of(&self, user_id: &str, key_id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1 AND user_id = ?2");
+        Ok(self.conn.prepare_cached(&sql)?.query_row((key_id, user_id), from_row).optional()?)
     }
 
     /// Revokes a key; `user_id = None` (the local CLI) may revoke anyone's.

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth_limit;
 mod cli_config;
 mod hardening;
 mod http_basics;
