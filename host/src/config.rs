@@ -173,6 +173,10 @@ pub struct SyncConfig {
     pub max_wait_secs: u64,
     /// Interval of SSE heartbeat comments on `/api/sync/events`, in seconds.
     pub heartbeat_secs: u64,
+    /// Event streams (`/api/sync/events`) one user may hold open at once (429 beyond).
+    pub max_streams_per_user: usize,
+    /// Long polls (`/api/sync/pull?wait=N`) one user may have waiting at once (429 beyond).
+    pub max_long_polls_per_user: usize,
 }
 
 impl Default for SyncConfig {
@@ -188,6 +192,8 @@ impl Default for SyncConfig {
             push_retention_hours: 24,
             max_wait_secs: 30,
             heartbeat_secs: 15,
+            max_streams_per_user: 16,
+            max_long_polls_per_user: 16,
         }
     }
 }
@@ -249,6 +255,16 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// How long graceful shutdown waits for in-flight requests, in seconds.
     pub shutdown_grace_secs: u64,
+    /// How long a client may take to send a request's headers, in seconds
+    /// (also how long an idle keep-alive connection stays open); the
+    /// connection is closed after it.
+    pub header_timeout_secs: u64,
+    /// How long a request body may take to arrive in full once the server
+    /// starts reading it, in seconds; a body still incomplete then is a 408.
+    pub body_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the listen backlog
+    /// until a served connection closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -258,6 +274,9 @@ impl Default for ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             cors_origins: Vec::new(),
             shutdown_grace_secs: 30,
+            header_timeout_secs: 30,
+            body_timeout_secs: 60,
+            max_connections: 1024,
         }
     }
 }
@@ -405,6 +424,15 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return bad("server.max_body_bytes", "must be greater than 0");
         }
+        for (key, value) in [
+            ("server.header_timeout_secs", self.server.header_timeout_secs),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
+        }
         if self.database.path.as_os_str().is_empty() {
             return bad("database.path", "must not be empty");
         }
@@ -427,6 +455,8 @@ impl Config {
             ("sync.default_pull_limit", s.default_pull_limit),
             ("sync.max_pull_limit", s.max_pull_limit),
             ("sync.max_page_bytes", s.max_page_bytes),
+            ("sync.max_streams_per_user", s.max_streams_per_user),
+            ("sync.max_long_polls_per_user", s.max_long_polls_per_user),
         ] {
             if value == 0 {
                 return bad(key, "must be greater than 0");

@@ -26,6 +26,8 @@ pub enum ApiError {
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Gone(String),
@@ -35,6 +37,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -48,6 +52,9 @@ struct Problem<'a> {
     title: &'a str,
     status: u16,
     detail: String,
+    /// The request's `X-Request-Id`, so a problem can be found in the logs.
+    #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 impl ApiError {
@@ -63,6 +70,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
             }
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request timeout"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Gone(_) => (StatusCode::GONE, "cursor-gone", "Cursor no longer valid"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
@@ -70,6 +78,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
             }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "Invalid input"),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "Too many requests")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
         }
@@ -131,6 +142,7 @@ pub fn ensure_problem(response: Response) -> Response {
             ApiError::UnsupportedMediaType("unsupported Content-Type or Content-Encoding (gzip is accepted)".into())
         }
         StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(reason),
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(reason),
         StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(reason),
         s if s.is_server_error() => ApiError::Internal(format!("a layer answered {s}")),
         _ => ApiError::BadRequest(reason),
@@ -155,14 +167,29 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(e) => tracing::debug!(reason = %e, "authentication refused"),
             _ => {}
         }
-        let problem =
-            Problem { kind: format!("{TYPE_BASE}{slug}"), title, status: status.as_u16(), detail: self.detail() };
+        let problem = Problem {
+            kind: format!("{TYPE_BASE}{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            request_id: super::request_id::current(),
+        };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        match &self {
+            ApiError::TooManyRequests { retry_after_secs, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            // The rest of an unread body may still be on its way: this connection is done.
+            ApiError::RequestTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }
