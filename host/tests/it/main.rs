@@ -4,11 +4,13 @@
 mod support;
 
 mod cli_config;
+mod connections;
 mod http_basics;
 mod jwt;
 mod keys;
 mod migrations;
 mod policies;
+mod request_ids;
 mod sync_crash;
 mod sync_pull;
 mod sync_push;
