@@ -193,10 +193,7 @@ async fn event_streams_per_user_are_capped() {
     // A stream ended by the server (shutdown) also ends cleanly.
     let mut stream = a2.bytes_stream();
     let mut more = reopened.unwrap().bytes_stream();
-    assert!(matches!(
-        tokio::time::timeout(Duration::from_secs(5), stream.next()).await,
-        Ok(Some(Ok(_)))
-    ));
+    assert!(matches!(tokio::time::timeout(Duration::from_secs(5), stream.next()).await, Ok(Some(Ok(_)))));
     drop(b1);
     let stopping = tokio::spawn(server.stop());
     assert!(crate::support::ends_within(&mut stream, 10).await);
@@ -248,4 +245,24 @@ async fn long_polls_per_user_are_capped() {
     }
     assert!(freed, "a disconnected long poll kept its slot");
     second.abort();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_and_closes_stragglers_after_the_grace() {
+    let server = TestServer::start_with(|c| c.server.shutdown_grace_secs = 2).await;
+    let key = server.cli_key("alice", &[]);
+    let addr = addr(&server);
+    // A half-sent request would hold its connection for the 30 s header timeout.
+    let mut straggler = TcpStream::connect(&addr).await.unwrap();
+    straggler.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // A long poll in flight answers when shutdown begins.
+    let cursor = pull(&server, &key, "").await["cursor"].as_str().unwrap().to_string();
+    let waiting = tokio::spawn(server.get(&format!("/api/sync/pull?since={cursor}&wait=30"), &key).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(server.stop());
+    let answered = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("long poll answered");
+    assert_eq!(answered.unwrap().unwrap().status(), 200);
+    tokio::time::timeout(Duration::from_secs(15), stopping).await.expect("server stopped after the grace").unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut straggler)).await;
+    assert!(closed.is_ok(), "a straggling connection outlived the server");
 }

@@ -91,10 +91,8 @@ async fn every_log_line_of_a_request_names_its_id() {
     let log = served.log.lock().unwrap().clone();
     assert!(done, "no request log lines:\n{}", log.join("\n"));
     // Every line logged while handling a request is in its span, which names the id.
-    let request_lines: Vec<&String> = log
-        .iter()
-        .filter(|l| l.contains("processing request") || l.contains("authentication refused"))
-        .collect();
+    let request_lines: Vec<&String> =
+        log.iter().filter(|l| l.contains("processing request") || l.contains("authentication refused")).collect();
     assert!(request_lines.len() >= 5, "{}", log.join("\n"));
     for line in &request_lines {
         assert!(line.contains("request_id=trace-me-"), "a request's log line lacks its id: {line}");
