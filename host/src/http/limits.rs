@@ -123,7 +123,8 @@ pub fn with_deadline(body: Body, timeout: Duration, received: impl Fn(usize) + S
         };
         Some((item, state))
     });
-    Body::from_stream(stream)
+    // Fused: a reader may poll again after the end (the gzip decoder does).
+    Body::from_stream(stream.fuse())
 }
 
 /// The `408` problem for a body error that is (or is caused by) a [`BodyTimeout`].

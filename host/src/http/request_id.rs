@@ -2,6 +2,9 @@
 //! every response, recorded on every log line of the request (a field of its
 //! tracing span) and in every problem document.
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Request};
 use axum::response::Response;
 
@@ -61,14 +64,17 @@ pub async fn request_id(mut request: axum::extract::Request, next: axum::middlew
 }
 
 /// The span of one request (used by the trace layer): every log line inside
-/// the request names its id.
+/// the request names its id and the peer address (`ConnectInfo`, set per
+/// connection by the accept loop).
 pub fn make_span<B>(request: &Request<B>) -> tracing::Span {
     let id = request.extensions().get::<RequestId>().map_or("", |id| id.0.as_str());
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr);
     tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %id,
+        peer = peer.map(tracing::field::display),
     )
 }
 

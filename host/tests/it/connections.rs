@@ -214,11 +214,19 @@ async fn long_polls_per_user_are_capped() {
             .send();
         async move { request.await.unwrap() }
     };
-    let first = tokio::spawn(poll(&alice, 30));
-    let second = tokio::spawn(poll(&alice, 30));
-    // Once both are waiting, a third is refused (until then it answers after 1 s).
+    // Two long polls wait; a third is refused. A holder that reached the server
+    // after a probe took its slot was refused itself: start it again.
+    let mut holders: Vec<tokio::task::JoinHandle<reqwest::Response>> = Vec::new();
     let mut refused = None;
-    for _ in 0..20 {
+    for _ in 0..40 {
+        holders.retain(|h| !h.is_finished());
+        while holders.len() < 2 {
+            holders.push(tokio::spawn(poll(&alice, 30)));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if holders.iter().any(|h| h.is_finished()) {
+            continue;
+        }
         let r = poll(&alice, 1).await;
         if r.status() == 429 {
             refused = Some(r);
@@ -234,7 +242,7 @@ async fn long_polls_per_user_are_capped() {
     assert_eq!(poll(&bob, 1).await.status(), 200);
 
     // A client that goes away frees its slot.
-    first.abort();
+    holders[0].abort();
     let mut freed = false;
     for _ in 0..100 {
         if poll(&alice, 1).await.status() == 200 {
@@ -244,7 +252,9 @@ async fn long_polls_per_user_are_capped() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(freed, "a disconnected long poll kept its slot");
-    second.abort();
+    for holder in &holders {
+        holder.abort();
+    }
 }
 
 #[tokio::test]

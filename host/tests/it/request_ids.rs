@@ -96,6 +96,8 @@ async fn every_log_line_of_a_request_names_its_id() {
     assert!(request_lines.len() >= 5, "{}", log.join("\n"));
     for line in &request_lines {
         assert!(line.contains("request_id=trace-me-"), "a request's log line lacks its id: {line}");
+        // The accept loop gives every request its peer address (ConnectInfo).
+        assert!(line.contains("peer=127.0.0.1:"), "a request's log line lacks its peer: {line}");
     }
     assert!(
         request_lines.iter().any(|l| l.contains("authentication refused") && l.contains("request_id=trace-me-7")),
