@@ -114,9 +114,8 @@ pub async fn disk() {
     let before = server.db_bytes();
     let mut sent = 0usize;
     for n in 0..10 {
-        let records: Vec<_> = (0..20)
-            .map(|i| serde_json::json!({"id": format!("big{i}"), "version": 1, "data": {"n": n}}))
-            .collect();
+        let records: Vec<_> =
+            (0..20).map(|i| serde_json::json!({"id": format!("big{i}"), "version": 1, "data": {"n": n}})).collect();
         let push = serde_json::json!({"pushId": format!("conflict-{n}"), "changes": {"pages": records}}).to_string();
         sent += push.len();
         post_push(&client, &server.base, &server.key, push).await;

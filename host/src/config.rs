@@ -187,6 +187,10 @@ pub struct SyncConfig {
     pub max_wait_secs: u64,
     /// Interval of SSE heartbeat comments on `/api/sync/events`, in seconds.
     pub heartbeat_secs: u64,
+    /// Event streams (`/api/sync/events`) one user may hold open at once (429 beyond).
+    pub max_streams_per_user: usize,
+    /// Long polls (`/api/sync/pull?wait=N`) one user may have waiting at once (429 beyond).
+    pub max_long_polls_per_user: usize,
 }
 
 impl Default for SyncConfig {
@@ -203,6 +207,8 @@ impl Default for SyncConfig {
             conflict_retention_days: 30,
             max_wait_secs: 30,
             heartbeat_secs: 15,
+            max_streams_per_user: 16,
+            max_long_polls_per_user: 16,
         }
     }
 }
@@ -285,6 +291,16 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// How long graceful shutdown waits for in-flight requests, in seconds.
     pub shutdown_grace_secs: u64,
+    /// How long a client may take to send a request's headers, in seconds
+    /// (also how long an idle keep-alive connection stays open); the
+    /// connection is closed after it.
+    pub header_timeout_secs: u64,
+    /// How long a request body may take to arrive in full once the server
+    /// starts reading it, in seconds; a body still incomplete then is a 408.
+    pub body_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the listen backlog
+    /// until a served connection closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -295,6 +311,9 @@ impl Default for ServerConfig {
             max_parsing_bytes: 64 * 1024 * 1024,
             cors_origins: Vec::new(),
             shutdown_grace_secs: 30,
+            header_timeout_secs: 30,
+            body_timeout_secs: 60,
+            max_connections: 1024,
         }
     }
 }
@@ -449,6 +468,15 @@ impl Config {
         if self.server.max_parsing_bytes / 2 < self.server.max_body_bytes {
             return bad("server.max_parsing_bytes", "must be at least twice server.max_body_bytes");
         }
+        for (key, value) in [
+            ("server.header_timeout_secs", self.server.header_timeout_secs),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
+        }
         if self.database.path.as_os_str().is_empty() {
             return bad("database.path", "must not be empty");
         }
@@ -474,6 +502,8 @@ impl Config {
             ("sync.default_pull_limit", s.default_pull_limit),
             ("sync.max_pull_limit", s.max_pull_limit),
             ("sync.max_page_bytes", s.max_page_bytes),
+            ("sync.max_streams_per_user", s.max_streams_per_user),
+            ("sync.max_long_polls_per_user", s.max_long_polls_per_user),
         ] {
             if value == 0 {
                 return bad(key, "must be greater than 0");

@@ -4,12 +4,21 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
 
 use crate::auth::UsageRecorder;
 use crate::auth::jwt::{JwtSetupError, JwtVerifier};
 use crate::auth::limit::FailedAuthLimit;
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::policy::{self, Policies, PolicyError};
@@ -71,38 +80,118 @@ pub async fn serve_on(
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let sync = SyncCore::new(store.clone(), &config, policies.clone(), metrics.clone(), shutdown_rx.clone()).await?;
     let janitor = tokio::spawn(expire_pushes(sync.clone()));
+    let server_config = config.server.clone();
     let config = Arc::new(config);
     policy::reload::spawn_reloaders(policies, config.clone(), shutdown_rx.clone());
     let jwt = JwtVerifier::from_config(&config.auth.jwt).await?.map(Arc::new);
     let auth_limit = Arc::new(FailedAuthLimit::new(config.auth.failed_per_minute));
-    let state = AppState { config, store: store.clone(), usage, sync, metrics, jwt, auth_limit, shutdown: shutdown_rx };
+    let limits = Arc::new(http::UserLimits::new(&config));
+    let state =
+        AppState { config, store: store.clone(), usage, sync, metrics, jwt, auth_limit, shutdown: shutdown_rx, limits };
     let router = http::app(state);
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %store.path().display(), "accord listening");
 
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let graceful = async move {
+    let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = shutdown_tx.send(true);
-        let _ = stopping_tx.send(());
     };
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(graceful);
-    let server = tokio::spawn(async move { server.await });
-    // Once shutdown has begun, in-flight requests get `grace` to finish.
-    let outcome = tokio::select! {
-        joined = server => joined.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
-        () = async { if stopping_rx.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending().await } } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; closing anyway");
-            Ok(())
-        }
-    };
+    let outcome = serve_connections(listener, router, &server_config, grace, shutdown).await;
     janitor.abort();
     usage_task.finish().await;
     store.close().await;
     tracing::info!("database closed; bye");
     outcome.map_err(ServeError::Io)
+}
+
+/// The accept loop: at most `server.max_connections` connections are served at
+/// once (a further one is not accepted, so it waits in the listen backlog until
+/// a served connection closes); each is HTTP/1.1 with `server.header_timeout_secs`
+/// to send its headers. Every request carries the peer address as
+/// `ConnectInfo<SocketAddr>`. When `shutdown` resolves the listener closes,
+/// idle connections close, in-flight requests get `grace` to finish, and any
+/// connection still open after that is closed.
+async fn serve_connections(
+    listener: TcpListener,
+    router: axum::Router,
+    config: &ServerConfig,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), std::io::Error> {
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(config.header_timeout_secs));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A permit first, then accept: beyond the cap the kernel holds new connections.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let (socket, peer) = loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    drop(listener);
+                    return finish(graceful, connections, grace).await;
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => break accepted,
+                    Err(e) if is_connection_error(&e) => {}
+                    Err(e) => {
+                        // e.g. out of file descriptors: wait instead of spinning.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+            }
+        };
+        let service = TowerToHyperService::new(router.clone().map_request(move |request: Request<Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        }));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(socket), service));
+        connections.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    finish(graceful, connections, grace).await
+}
+
+/// Shutdown of the served connections: graceful first, closed after `grace`.
+async fn finish(
+    graceful: GracefulShutdown,
+    mut connections: JoinSet<()>,
+    grace: Duration,
+) -> Result<(), std::io::Error> {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; closing anyway");
+    }
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Errors of one incoming connection (it went away before it was accepted),
+/// as opposed to errors of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Forgets expired idempotency records at startup and then hourly.

@@ -88,6 +88,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_problem(rejection: &JsonRejection) -> ApiError {
+    if let Some(timeout) = super::limits::body_timeout(rejection) {
+        return timeout;
+    }
     let text = rejection.body_text();
     match rejection {
         JsonRejection::JsonDataError(_) => ApiError::Unprocessable(text),

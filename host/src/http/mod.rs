@@ -4,9 +4,11 @@
 mod admin;
 mod extract;
 pub mod keys;
+mod limits;
 mod observe;
 mod ops;
 mod problem;
+mod request_id;
 mod sync;
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::store::Store;
 use crate::sync::SyncCore;
 
 pub use extract::ApiJson;
+pub use limits::UserLimits;
 pub use problem::{ApiError, ensure_problem};
 
 /// What every handler can reach.
@@ -44,12 +47,14 @@ pub struct AppState {
     pub auth_limit: Arc<crate::auth::limit::FailedAuthLimit>,
     /// Turns true when the server starts shutting down (ends event streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Per-user caps on event streams and long polls.
+    pub limits: Arc<UserLimits>,
 }
 
 /// The whole HTTP application, without a socket (tests can drive it in-process).
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
-    let metrics = state.metrics.clone();
+    let observed = state.clone();
     let cors = cors_layer(&state.config.server.cors_origins);
     let api = Router::new()
         .route("/api/api-keys", get(keys::list).post(keys::create))
@@ -73,12 +78,13 @@ pub fn app(state: AppState) -> Router {
         .layer(RequestDecompressionLayer::new().gzip(true))
         .layer(CompressionLayer::new().gzip(true))
         .layer(CatchPanicLayer::custom(ops::panic_response))
-        .layer(axum::middleware::from_fn_with_state(metrics, observe::observe))
-        .layer(TraceLayer::new_for_http());
+        .layer(axum::middleware::from_fn_with_state(observed, observe::observe))
+        .layer(TraceLayer::new_for_http().make_span_with(request_id::make_span));
     if let Some(cors) = cors {
         app = app.layer(cors);
     }
-    app
+    // Outermost, so that even CORS answers carry the request id.
+    app.layer(axum::middleware::from_fn(request_id::request_id))
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

@@ -1,22 +1,24 @@
 //! The middleware every request passes: counts responses, makes sure every
-//! error is a problem document, and logs client aborts.
+//! error is a problem document, puts a deadline on the request body, and logs
+//! client aborts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::Response;
-use futures_util::TryStreamExt as _;
 
+use super::AppState;
 use crate::metrics::Metrics;
 
 /// Counts responses by status class, turns any error response that is not
 /// yet a problem document into one, and logs requests whose client went away
-/// before the response was sent (info, not error).
+/// before the response was sent (info, not error). The request body must
+/// arrive within `server.body_timeout_secs` of the handler starting to read it.
 pub async fn observe(
-    State(metrics): State<Arc<Metrics>>,
+    State(state): State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -26,10 +28,12 @@ pub async fn observe(
         received: Arc<AtomicU64>,
         done: bool,
         metrics: Arc<Metrics>,
+        span: tracing::Span,
     }
     impl Drop for Guard {
         fn drop(&mut self) {
             if !self.done {
+                let _in_request = self.span.enter();
                 self.metrics.client_abort();
                 let received = self.received.load(Relaxed);
                 tracing::info!(route = %self.route, bytes = received, declared = ?self.declared_bytes,
@@ -44,11 +48,13 @@ pub async fn observe(
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let (parts, body) = request.into_parts();
-    let body = Body::from_stream(body.into_data_stream().inspect_ok(move |chunk| {
-        counter.fetch_add(chunk.len() as u64, Relaxed);
-    }));
+    let timeout = Duration::from_secs(state.config.server.body_timeout_secs);
+    let body = super::limits::with_deadline(body, timeout, move |n| {
+        counter.fetch_add(n as u64, Relaxed);
+    });
     let request = axum::extract::Request::from_parts(parts, body);
-    let mut guard = Guard { route, declared_bytes, received, done: false, metrics };
+    let metrics = state.metrics.clone();
+    let mut guard = Guard { route, declared_bytes, received, done: false, metrics, span: tracing::Span::current() };
     let response = next.run(request).await;
     guard.done = true;
     guard.metrics.response(response.status().as_u16());

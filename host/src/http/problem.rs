@@ -31,6 +31,8 @@ pub enum ApiError {
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Gone(String),
@@ -58,6 +60,9 @@ struct Problem<'a> {
     title: &'a str,
     status: u16,
     detail: String,
+    /// The request's `X-Request-Id`, so a problem can be found in the logs.
+    #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 impl ApiError {
@@ -73,6 +78,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
             }
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request timeout"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Gone(_) => (StatusCode::GONE, "cursor-gone", "Cursor no longer valid"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
@@ -155,6 +161,7 @@ pub fn ensure_problem(response: Response) -> Response {
             ApiError::UnsupportedMediaType("unsupported Content-Type or Content-Encoding (gzip is accepted)".into())
         }
         StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(reason),
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(reason),
         StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(reason),
         StatusCode::TOO_MANY_REQUESTS => ApiError::TooManyRequests { detail: reason, retry_after_secs: None },
         s if s.is_server_error() => ApiError::Internal(format!("a layer answered {s}")),
@@ -179,8 +186,13 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(AuthError::Store(e)) => tracing::error!(error = %e, "auth lookup failed"),
             _ => {}
         }
-        let problem =
-            Problem { kind: format!("{TYPE_BASE}{slug}"), title, status: status.as_u16(), detail: self.detail() };
+        let problem = Problem {
+            kind: format!("{TYPE_BASE}{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            request_id: super::request_id::current(),
+        };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
@@ -192,8 +204,15 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let ApiError::TooManyRequests { retry_after_secs: Some(secs), .. } = &self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        match &self {
+            ApiError::TooManyRequests { retry_after_secs: Some(secs), .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            // The rest of an unread body may still be on its way: this connection is done.
+            ApiError::RequestTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -34,6 +34,10 @@ pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) 
     let mut buf = budget.start();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
+            if let Some(timeout) = super::limits::body_timeout(&e) {
+                tracing::info!(route = "/api/sync/push", bytes = buf.len(), "the upload timed out");
+                return timeout;
+            }
             tracing::info!(route = "/api/sync/push", bytes = buf.len(), error = %e, "client aborted the upload");
             ApiError::BadRequest(format!("the request body could not be read: {e}"))
         })?;
@@ -56,6 +60,11 @@ pub async fn pull(
 ) -> Result<Response, ApiError> {
     caller.require(Scope::SyncRead)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    // A long poll holds one of the user's slots until it answers or its client goes away.
+    let _slot = match query.wait {
+        Some(wait) if wait > 0 => Some(state.limits.long_polls.acquire(&caller.user_id)?),
+        _ => None,
+    };
     Ok(json_response(state.sync.pull(&caller.user_id, query).await?))
 }
 
@@ -66,11 +75,13 @@ pub async fn events(
     caller: Principal,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     caller.require(Scope::SyncRead)?;
+    let slot = state.limits.streams.acquire(&caller.user_id)?;
     let user = caller.user_id;
     let sync = state.sync.clone();
     let open = state.metrics.stream_opened();
     let changes = BroadcastStream::new(state.sync.subscribe()).filter_map(move |notice| {
-        let _open = &open; // the gauge drops when the stream does
+        // The gauge and the user's stream slot are released when the stream is dropped.
+        let _held = (&open, &slot);
         let event = match notice {
             Ok(n) if n.user == user => {
                 let cursor = sync.cursor_at(n.seq);

@@ -5,12 +5,14 @@ mod support;
 
 mod auth_limit;
 mod cli_config;
+mod connections;
 mod hardening;
 mod http_basics;
 mod jwt;
 mod keys;
 mod migrations;
 mod policies;
+mod request_ids;
 mod sync_crash;
 mod sync_pull;
 mod sync_push;

@@ -187,6 +187,8 @@ pub fn results<'a>(response: &'a Value, ty: &str) -> &'a Vec<Value> {
 pub struct Served {
     pub child: Child,
     pub addr: String,
+    /// Every line the server has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub fn spawn_serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
@@ -199,15 +201,18 @@ pub fn spawn_serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
     let mut child = cmd.spawn().expect("spawn accord serve");
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("addr=").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
             }
+            lines.lock().unwrap().push(line);
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(20)).expect("server logged its address");
-    Served { child, addr }
+    Served { child, addr, log }
 }
 
 impl Drop for Served {
