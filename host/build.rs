@@ -1,5 +1,6 @@
 //! Build steps for the host:
-//! - embeds `migrations/NNNN_name.sql` into the binary, in numeric order;
+//! - embeds `migrations/NNNN_name.sql` (SQLite) and `migrations/postgres/NNNN_name.sql`
+//!   into the binary, in numeric order;
 //! - compiles every policy component under `plugins/` (and the custom-policy
 //!   template) for `wasm32-wasip2`, so the built-ins can be embedded and the
 //!   tests load real components built from source.
@@ -28,11 +29,21 @@ fn main() {
 
 fn migrations() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let dir = manifest.join("../migrations");
+    let mut out = embed(&manifest.join("../migrations"), "MIGRATIONS");
+    out.push_str(&embed(&manifest.join("../migrations/postgres"), "PG_MIGRATIONS"));
+    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("migrations.rs");
+    std::fs::write(dest, out).expect("write migrations.rs");
+}
+
+/// The `NNNN_name.sql` files of `dir` as a Rust constant named `name`.
+fn embed(dir: &Path, constant: &str) -> String {
     println!("cargo::rerun-if-changed={}", dir.display());
     let mut found: Vec<(u32, String, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("migrations/ folder exists") {
-        let path = entry.expect("readable migrations/ entry").path();
+    for entry in std::fs::read_dir(dir).expect("migrations folder exists") {
+        let path = entry.expect("readable migrations entry").path();
+        if path.is_dir() {
+            continue;
+        }
         println!("cargo::rerun-if-changed={}", path.display());
         let Some(file) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let Some(stem) = file.strip_suffix(".sql") else { continue };
@@ -44,7 +55,7 @@ fn migrations() {
     for pair in found.windows(2) {
         assert!(pair[0].0 != pair[1].0, "two migrations share number {}", pair[0].0);
     }
-    let mut out = String::from("pub(crate) const MIGRATIONS: &[Migration] = &[\n");
+    let mut out = format!("pub(crate) const {constant}: &[Migration] = &[\n");
     for (version, name, path) in &found {
         writeln!(
             out,
@@ -54,8 +65,7 @@ fn migrations() {
         .expect("write to String");
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("migrations.rs");
-    std::fs::write(dest, out).expect("write migrations.rs");
+    out
 }
 
 fn components() {

@@ -51,5 +51,8 @@ CREATE INDEX conflicts_by_record ON conflicts (user_id, entity, record_id, serve
 -- pushId responses: new rows keep the response deflate-compressed in
 -- `packed`, with the conflicts' server records cut out (`splices` says where
 -- they go back); `response` stays for rows written before this migration.
+-- `stored_bytes` is what the row counts against its user's `bytes`.
 ALTER TABLE push_log ADD COLUMN packed BLOB;
 ALTER TABLE push_log ADD COLUMN splices TEXT;
+ALTER TABLE push_log ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE push_log SET stored_bytes = length(CAST(response AS BLOB));

@@ -179,7 +179,7 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
         }),
         Command::Migrate => {
             let store = server::open_store(&config).await.map_err(|e| e.to_string())?;
-            println!("database {} is at schema version {}", store.path().display(), store::latest_version());
+            println!("database {} is at schema version {}", store.describe(), store::latest_version());
             store.close().await;
             Ok(())
         }

@@ -323,12 +323,17 @@ impl Default for ServerConfig {
 pub struct DatabaseConfig {
     /// Path of the SQLite file; its folder is created if missing.
     pub path: PathBuf,
+    /// PostgreSQL connection URL (`postgres://user:pass@host:port/db`); when set,
+    /// the store uses PostgreSQL and `path` is ignored.
+    pub url: Option<String>,
     /// SQLite `synchronous` level. `full` makes an acknowledged write survive power loss.
     pub synchronous: Synchronous,
     /// How long a connection waits for a lock before giving up, in milliseconds.
     pub busy_timeout_ms: u64,
     /// Read connections kept open for queries running beside the writer.
     pub readers: usize,
+    /// PostgreSQL connections this host keeps for requests (plus one listener).
+    pub pool_size: usize,
     /// Write jobs (pushes, resolutions) that may wait for the writer; one
     /// user may hold an eighth of them. Beyond: `503` with `Retry-After`.
     pub write_queue: usize,
@@ -338,10 +343,12 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("./data/accord.db"),
+            url: None,
             synchronous: Synchronous::Full,
             busy_timeout_ms: 5000,
             readers: 4,
             write_queue: 1024,
+            pool_size: 16,
         }
     }
 }
@@ -482,6 +489,14 @@ impl Config {
         }
         if self.database.readers == 0 {
             return bad("database.readers", "must be at least 1");
+        }
+        if self.database.pool_size == 0 {
+            return bad("database.pool_size", "must be at least 1");
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return bad("database.url", "must be a postgres:// URL");
         }
         if self.database.write_queue < 8 {
             return bad("database.write_queue", "must be at least 8");

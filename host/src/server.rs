@@ -44,7 +44,9 @@ pub enum ServeError {
 /// Opens the database (running migrations) off the async runtime.
 pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
     let db = config.database.clone();
-    tokio::task::spawn_blocking(move || Store::open(&db)).await.map_err(|_| StoreError::Closed)?
+    tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .map_err(|_| StoreError::Other("the store could not be opened".into()))?
 }
 
 /// Creates the policy runtime and loads every entity type's policy (compiling
@@ -90,7 +92,7 @@ pub async fn serve_on(
         AppState { config, store: store.clone(), usage, sync, metrics, jwt, auth_limit, shutdown: shutdown_rx, limits };
     let router = http::app(state);
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, db = %store.path().display(), "accord listening");
+    tracing::info!(addr = %local, db = %store.describe(), "accord listening");
 
     let shutdown = async move {
         shutdown.await;

@@ -118,10 +118,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::NotFound("no such resource".into()),
-            StoreError::Busy | StoreError::Closed => ApiError::Unavailable(format!("{e}; retry")),
-            StoreError::QueueFull => {
-                ApiError::Unavailable("too many writes are waiting (database.write_queue); retry shortly".into())
-            }
+            StoreError::Busy | StoreError::Unavailable(_) => ApiError::Unavailable(format!("{e}; retry")),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -1,8 +1,7 @@
 //! SQL for recorded conflicts.
 
-use rusqlite::{OptionalExtension, Row};
-
-use super::{StoreError, Tx};
+use super::sql::{P, Row};
+use super::{ReadTx, StoreError, WriteTx};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConflictStatus {
@@ -47,33 +46,22 @@ pub struct NewConflict<'a> {
 
 const COLUMNS: &str = "n, id, entity, record_id, incoming, server_version, reason, status, created_at, resolved_at";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<ConflictRow> {
-    let status: String = r.get(7)?;
+fn from_row(r: &dyn Row) -> Result<ConflictRow, StoreError> {
     Ok(ConflictRow {
-        n: r.get(0)?,
-        id: r.get(1)?,
-        entity: r.get(2)?,
-        record_id: r.get(3)?,
-        incoming: r.get(4)?,
-        server_version: r.get(5)?,
-        reason: r.get(6)?,
-        status: if status == "open" { ConflictStatus::Open } else { ConflictStatus::Resolved },
-        created_at: r.get(8)?,
-        resolved_at: r.get(9)?,
+        n: r.int(0)?,
+        id: r.text(1)?,
+        entity: r.text(2)?,
+        record_id: r.text(3)?,
+        incoming: r.text(4)?,
+        server_version: r.opt_int(5)?,
+        reason: r.text(6)?,
+        status: if r.text(7)? == "open" { ConflictStatus::Open } else { ConflictStatus::Resolved },
+        created_at: r.int(8)?,
+        resolved_at: r.opt_int(9)?,
     })
 }
 
-impl Tx<'_> {
-    pub fn insert_conflict(&self, user: &str, c: &NewConflict<'_>) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server_version, reason, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8)",
-            )?
-            .execute((c.id, user, c.entity, c.record_id, c.incoming, c.server_version, c.reason, c.created_at))?;
-        Ok(())
-    }
-
+impl ReadTx<'_> {
     /// One page of the user's conflicts after position `after`, oldest first:
     /// at most `limit` rows and, past the first, about `max_bytes` of
     /// incoming records. Returns the rows and whether more follow.
@@ -88,42 +76,66 @@ impl Tx<'_> {
     ) -> Result<(Vec<ConflictRow>, bool), StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM conflicts
-             WHERE user_id = ?1 AND n > ?2 AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR entity = ?4)
-             ORDER BY n"
+             WHERE user_id = ?1 AND n > ?2 AND (CAST(?3 AS TEXT) IS NULL OR status = ?3)
+               AND (CAST(?4 AS TEXT) IS NULL OR entity = ?4)
+             ORDER BY n LIMIT ?5"
         );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query((user, after, status.map(ConflictStatus::as_sql), entity))?;
-        let (mut out, mut bytes) = (Vec::new(), 0usize);
-        while let Some(row) = rows.next()? {
+        let params = [
+            P::Text(user),
+            P::Int(after),
+            P::OptText(status.map(ConflictStatus::as_sql)),
+            P::OptText(entity),
+            P::Int(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)),
+        ];
+        let (mut out, mut bytes, mut more) = (Vec::new(), 0usize, false);
+        self.conn.each(&sql, &params, |row| {
             if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
-                return Ok((out, true));
+                more = true;
+                return Ok(false);
             }
             let conflict = from_row(row)?;
             bytes += conflict.incoming.len() + conflict.reason.len() + 128;
             out.push(conflict);
-        }
-        Ok((out, false))
+            Ok(true)
+        })?;
+        Ok((out, more))
     }
 
     pub fn conflict(&self, user: &str, id: &str) -> Result<Option<ConflictRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM conflicts WHERE user_id = ?1 AND id = ?2");
-        Ok(self.conn.prepare_cached(&sql)?.query_row((user, id), from_row).optional()?)
+        self.conn.first(&sql, &[P::Text(user), P::Text(id)], from_row)
+    }
+}
+
+impl WriteTx<'_> {
+    pub fn insert_conflict(&self, user: &str, c: &NewConflict<'_>) -> Result<(), StoreError> {
+        self.conn.exec(
+            "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server_version, reason, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8)",
+            &[
+                P::Text(c.id),
+                P::Text(user),
+                P::Text(c.entity),
+                P::Text(c.record_id),
+                P::Text(c.incoming),
+                P::OptInt(c.server_version),
+                P::Text(c.reason),
+                P::Int(c.created_at),
+            ],
+        )?;
+        Ok(())
     }
 
     /// Forgets resolved conflicts resolved before `before`; returns how many.
     pub fn purge_resolved_conflicts(&self, before: i64) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("DELETE FROM conflicts WHERE status = 'resolved' AND resolved_at < ?1")?
-            .execute([before])?)
+        self.conn.exec("DELETE FROM conflicts WHERE status = 'resolved' AND resolved_at < ?1", &[P::Int(before)])
     }
 
     pub fn mark_conflict_resolved(&self, user: &str, id: &str, now: i64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE conflicts SET status = 'resolved', resolved_at = ?3 WHERE user_id = ?1 AND id = ?2",
-            )?
-            .execute((user, id, now))?;
+        self.conn.exec(
+            "UPDATE conflicts SET status = 'resolved', resolved_at = ?3 WHERE user_id = ?1 AND id = ?2",
+            &[P::Text(user), P::Text(id), P::Int(now)],
+        )?;
         Ok(())
     }
 }

@@ -5,9 +5,8 @@
 //! it goes back, so a replay re-renders the same bytes from the record
 //! versions that open conflicts keep in history.
 
-use rusqlite::OptionalExtension;
-
-use super::{StoreError, Tx};
+use super::sql::P;
+use super::{ReadTx, StoreError, WriteTx};
 
 /// A logged push: its fingerprint and its response in stored form.
 pub struct LoggedPush {
@@ -23,25 +22,24 @@ pub enum StoredResponse {
     Packed { packed: Vec<u8>, splices: Option<String> },
 }
 
-impl Tx<'_> {
+impl ReadTx<'_> {
     /// The stored body hash and response of an earlier push with this id.
     pub fn logged_push(&self, user: &str, push_id: &str) -> Result<Option<LoggedPush>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT body_hash, response, packed, splices FROM push_log WHERE user_id = ?1 AND push_id = ?2",
-            )?
-            .query_row((user, push_id), |r| {
-                let packed: Option<Vec<u8>> = r.get(2)?;
-                let stored = match packed {
-                    Some(packed) => StoredResponse::Packed { packed, splices: r.get(3)? },
-                    None => StoredResponse::Text(r.get(1)?),
+        self.conn.first(
+            "SELECT body_hash, response, packed, splices FROM push_log WHERE user_id = ?1 AND push_id = ?2",
+            &[P::Text(user), P::Text(push_id)],
+            |r| {
+                let stored = match r.opt_bytes(2)? {
+                    Some(packed) => StoredResponse::Packed { packed, splices: r.opt_text(3)? },
+                    None => StoredResponse::Text(r.text(1)?),
                 };
-                Ok(LoggedPush { body_hash: r.get(0)?, stored })
-            })
-            .optional()?)
+                Ok(LoggedPush { body_hash: r.bytes(0)?, stored })
+            },
+        )
     }
+}
 
+impl WriteTx<'_> {
     /// Logs a push's response in packed form; returns the bytes stored (for usage).
     pub fn log_push(
         &self,
@@ -52,27 +50,31 @@ impl Tx<'_> {
         splices: Option<&str>,
         now: i64,
     ) -> Result<i64, StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO push_log (user_id, push_id, body_hash, response, packed, splices, created_at)
-                 VALUES (?1, ?2, ?3, '', ?4, ?5, ?6)",
-            )?
-            .execute((user, push_id, body_hash, packed, splices, now))?;
-        Ok(stored_bytes(packed.len(), splices))
+        let bytes = stored_bytes(packed.len(), splices);
+        self.conn.exec(
+            "INSERT INTO push_log (user_id, push_id, body_hash, response, packed, splices, stored_bytes, created_at)
+             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?7)",
+            &[
+                P::Text(user),
+                P::Text(push_id),
+                P::Bytes(body_hash),
+                P::Bytes(packed),
+                P::OptText(splices),
+                P::Int(bytes),
+                P::Int(now),
+            ],
+        )?;
+        Ok(bytes)
     }
 
     /// Forgets pushes logged before `before`, and takes their bytes off each
     /// user's usage; returns how many.
     pub fn expire_pushes(&self, before: i64) -> Result<usize, StoreError> {
-        let freed: Vec<(String, i64)> = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM push_log WHERE created_at < ?1
-                 RETURNING user_id, length(CAST(response AS BLOB)) + coalesce(length(packed), 0)
-                   + coalesce(length(CAST(splices AS BLOB)), 0)",
-            )?
-            .query_map([before], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+        let freed = self.conn.all(
+            "DELETE FROM push_log WHERE created_at < ?1 RETURNING user_id, stored_bytes",
+            &[P::Int(before)],
+            |r| Ok((r.text(0)?, r.int(1)?)),
+        )?;
         let mut per_user: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
         for (user, bytes) in &freed {
             *per_user.entry(user).or_default() += bytes;

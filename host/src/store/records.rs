@@ -1,8 +1,7 @@
 //! SQL for records, their history, and each user's change sequence and usage.
 
-use rusqlite::{OptionalExtension, Row};
-
-use super::{StoreError, Tx};
+use super::sql::{P, Row};
+use super::{ReadTx, StoreError, WriteTx};
 
 /// One version of a record as stored. `data` is JSON object text, kept verbatim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,79 +34,63 @@ pub struct UserState {
     pub usage: Usage,
 }
 
-fn record_from(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
+const RECORD: &str = "entity, id, version, deleted, data, updated_at, seq";
+
+fn record_from(r: &dyn Row) -> Result<RecordRow, StoreError> {
     Ok(RecordRow {
-        entity: r.get(0)?,
-        id: r.get(1)?,
-        version: r.get(2)?,
-        deleted: r.get(3)?,
-        data: r.get(4)?,
-        updated_at: r.get(5)?,
-        seq: r.get(6)?,
+        entity: r.text(0)?,
+        id: r.text(1)?,
+        version: r.int(2)?,
+        deleted: r.int(3)? != 0,
+        data: r.text(4)?,
+        updated_at: r.int(5)?,
+        seq: r.int(6)?,
     })
 }
 
-impl Tx<'_> {
+impl ReadTx<'_> {
     /// This database's identity, part of every cursor.
     pub fn epoch(&self) -> Result<String, StoreError> {
-        Ok(self.conn.prepare_cached("SELECT epoch FROM sync_state WHERE id = 1")?.query_row([], |r| r.get(0))?)
-    }
-
-    /// Gives the database a new identity, so every cursor issued before is
-    /// answered with 410 (after restoring a backup).
-    pub fn new_epoch(&self) -> Result<String, StoreError> {
-        self.conn.execute_batch("UPDATE sync_state SET epoch = lower(hex(randomblob(8))) WHERE id = 1")?;
-        self.epoch()
+        self.conn
+            .first("SELECT epoch FROM sync_state WHERE id = 1", &[], |r| r.text(0))?
+            .ok_or_else(|| StoreError::Other("sync_state has no row".into()))
     }
 
     /// The user's change sequence and usage (zeros for a user with no data).
     pub fn user_state(&self, user: &str) -> Result<UserState, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT last_seq, records, bytes, open_conflicts FROM user_state WHERE user_id = ?1")?
-            .query_row([user], |r| {
-                Ok(UserState {
-                    last_seq: r.get(0)?,
-                    usage: Usage { records: r.get(1)?, bytes: r.get(2)?, open_conflicts: r.get(3)? },
-                })
-            })
-            .optional()?
-            .unwrap_or_default())
-    }
-
-    /// Sets the user's change sequence to `last_seq` (when given) and adds `delta` to their usage.
-    pub fn update_user_state(&self, user: &str, last_seq: Option<i64>, delta: &Usage) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO user_state (user_id, last_seq, records, bytes, open_conflicts)
-                 VALUES (?1, coalesce(?2, 0), ?3, ?4, ?5)
-                 ON CONFLICT (user_id) DO UPDATE SET
-                   last_seq = coalesce(?2, last_seq), records = records + ?3,
-                   bytes = bytes + ?4, open_conflicts = open_conflicts + ?5",
+            .first(
+                "SELECT last_seq, records, bytes, open_conflicts FROM user_state WHERE user_id = ?1",
+                &[P::Text(user)],
+                |r| {
+                    Ok(UserState {
+                        last_seq: r.int(0)?,
+                        usage: Usage { records: r.int(1)?, bytes: r.int(2)?, open_conflicts: r.int(3)? },
+                    })
+                },
             )?
-            .execute((user, last_seq, delta.records, delta.bytes, delta.open_conflicts))?;
-        Ok(())
+            .unwrap_or_default())
     }
 
     /// The current version of a record, tombstones included.
     pub fn record(&self, user: &str, entity: &str, id: &str) -> Result<Option<RecordRow>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT entity, id, version, deleted, data, updated_at, seq FROM records
-                 WHERE user_id = ?1 AND entity = ?2 AND id = ?3",
-            )?
-            .query_row((user, entity, id), record_from)
-            .optional()?)
+        self.conn.first(
+            &format!("SELECT {RECORD} FROM records WHERE user_id = ?1 AND entity = ?2 AND id = ?3"),
+            &[P::Text(user), P::Text(entity), P::Text(id)],
+            record_from,
+        )
     }
 
     /// True if the user has this record, even as a tombstone.
     pub fn record_exists(&self, user: &str, entity: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT 1 FROM records WHERE user_id = ?1 AND entity = ?2 AND id = ?3")?
-            .query_row((user, entity, id), |_| Ok(()))
-            .optional()?
+            .first(
+                "SELECT 1 FROM records WHERE user_id = ?1 AND entity = ?2 AND id = ?3",
+                &[P::Text(user), P::Text(entity), P::Text(id)],
+                |_| Ok(()),
+            )?
             .is_some())
     }
 
@@ -119,14 +102,12 @@ impl Tx<'_> {
         id: &str,
         version: i64,
     ) -> Result<Option<RecordRow>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT entity, id, version, deleted, data, updated_at, 0 FROM record_history
-                 WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version = ?4",
-            )?
-            .query_row((user, entity, id, version), record_from)
-            .optional()?)
+        self.conn.first(
+            "SELECT entity, id, version, deleted, data, updated_at, 0 FROM record_history
+             WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version = ?4",
+            &[P::Text(user), P::Text(entity), P::Text(id), P::Int(version)],
+            record_from,
+        )
     }
 
     /// A version of a record: the current one if it has that version, else history's.
@@ -137,87 +118,16 @@ impl Tx<'_> {
         }
     }
 
-    /// Writes `new` as the current version. If a `previous` version exists it
-    /// moves to history, which is trimmed to the newest `keep` versions —
-    /// except versions an open conflict names, which stay while it is open.
-    pub fn put_record(
-        &self,
-        user: &str,
-        new: &RecordRow,
-        previous: Option<&RecordRow>,
-        keep: u32,
-    ) -> Result<(), StoreError> {
-        match previous {
-            None => {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO records (user_id, entity, id, version, deleted, data, updated_at, seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )?
-                    .execute((
-                        user,
-                        &new.entity,
-                        &new.id,
-                        new.version,
-                        new.deleted,
-                        &new.data,
-                        new.updated_at,
-                        new.seq,
-                    ))?;
-            }
-            Some(old) => {
-                if keep > 0 || self.version_pinned(user, &old.entity, &old.id, old.version)? {
-                    self.conn
-                        .prepare_cached(
-                            "INSERT OR REPLACE INTO record_history
-                               (user_id, entity, id, version, deleted, data, updated_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        )?
-                        .execute((user, &old.entity, &old.id, old.version, old.deleted, &old.data, old.updated_at))?;
-                    self.conn
-                        .prepare_cached(
-                            "DELETE FROM record_history
-                             WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version <= (
-                               SELECT version FROM record_history
-                               WHERE user_id = ?1 AND entity = ?2 AND id = ?3
-                               ORDER BY version DESC LIMIT 1 OFFSET ?4)
-                             AND NOT EXISTS (
-                               SELECT 1 FROM conflicts c
-                               WHERE c.user_id = ?1 AND c.entity = ?2 AND c.record_id = ?3
-                                 AND c.server_version = record_history.version AND c.status = 'open')",
-                        )?
-                        .execute((user, &old.entity, &old.id, keep))?;
-                }
-                self.conn
-                    .prepare_cached(
-                        "UPDATE records SET version = ?4, deleted = ?5, data = ?6, updated_at = ?7, seq = ?8
-                         WHERE user_id = ?1 AND entity = ?2 AND id = ?3",
-                    )?
-                    .execute((
-                        user,
-                        &new.entity,
-                        &new.id,
-                        new.version,
-                        new.deleted,
-                        &new.data,
-                        new.updated_at,
-                        new.seq,
-                    ))?;
-            }
-        }
-        Ok(())
-    }
-
     /// True when an open conflict names this version of the record as the server's.
     fn version_pinned(&self, user: &str, entity: &str, id: &str, version: i64) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .prepare_cached(
+            .first(
                 "SELECT 1 FROM conflicts WHERE user_id = ?1 AND entity = ?2 AND record_id = ?3
                    AND server_version = ?4 AND status = 'open'",
+                &[P::Text(user), P::Text(entity), P::Text(id), P::Int(version)],
+                |_| Ok(()),
             )?
-            .query_row((user, entity, id, version), |_| Ok(()))
-            .optional()?
             .is_some())
     }
 
@@ -232,28 +142,125 @@ impl Tx<'_> {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<RecordRow>, bool), StoreError> {
-        let mut sql = String::from(
-            "SELECT entity, id, version, deleted, data, updated_at, seq FROM records
-             WHERE user_id = ?1 AND seq > ?2",
-        );
+        let mut sql = format!("SELECT {RECORD} FROM records WHERE user_id = ?1 AND seq > ?2");
+        let mut params = vec![P::Text(user), P::Int(since)];
         if !types.is_empty() {
-            sql.push_str(" AND entity IN (SELECT value FROM json_each(?3))");
+            let list: Vec<String> = (0..types.len()).map(|i| format!("?{}", i + 4)).collect();
+            sql.push_str(&format!(" AND entity IN ({})", list.join(", ")));
         }
-        sql.push_str(" ORDER BY seq");
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let types_json = serde_json::to_string(types).unwrap_or_else(|_| "[]".into());
-        let mut rows =
-            if types.is_empty() { stmt.query((user, since))? } else { stmt.query((user, since, types_json))? };
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(row) = rows.next()? {
+        // One row past the page says whether more follow.
+        sql.push_str(" ORDER BY seq LIMIT ?3");
+        params.push(P::Int(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)));
+        params.extend(types.iter().map(|t| P::Text(t)));
+        let (mut out, mut bytes, mut more) = (Vec::new(), 0usize, false);
+        self.conn.each(&sql, &params, |row| {
             if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
-                return Ok((out, true));
+                more = true;
+                return Ok(false);
             }
             let record = record_from(row)?;
             bytes += record.data.len() + record.id.len() + 64;
             out.push(record);
+            Ok(true)
+        })?;
+        Ok((out, more))
+    }
+}
+
+impl WriteTx<'_> {
+    /// Gives the database a new identity, so every cursor issued before is
+    /// answered with 410 (after restoring a backup).
+    pub fn new_epoch(&self) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| StoreError::Other(format!("no randomness for the epoch: {e}")))?;
+        let epoch: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.conn.exec("UPDATE sync_state SET epoch = ?1 WHERE id = 1", &[P::Text(&epoch)])?;
+        Ok(epoch)
+    }
+
+    /// Sets the user's change sequence to `last_seq` (when given) and adds `delta` to their usage.
+    pub fn update_user_state(&self, user: &str, last_seq: Option<i64>, delta: &Usage) -> Result<(), StoreError> {
+        self.conn.exec(
+            "INSERT INTO user_state (user_id, last_seq, records, bytes, open_conflicts)
+             VALUES (?1, coalesce(CAST(?2 AS BIGINT), 0), ?3, ?4, ?5)
+             ON CONFLICT (user_id) DO UPDATE SET
+               last_seq = coalesce(CAST(?2 AS BIGINT), user_state.last_seq),
+               records = user_state.records + ?3,
+               bytes = user_state.bytes + ?4,
+               open_conflicts = user_state.open_conflicts + ?5",
+            &[
+                P::Text(user),
+                P::OptInt(last_seq),
+                P::Int(delta.records),
+                P::Int(delta.bytes),
+                P::Int(delta.open_conflicts),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Writes `new` as the current version. If a `previous` version exists it
+    /// moves to history, which is trimmed to the newest `keep` versions —
+    /// except versions an open conflict names, which stay while it is open.
+    pub fn put_record(
+        &self,
+        user: &str,
+        new: &RecordRow,
+        previous: Option<&RecordRow>,
+        keep: u32,
+    ) -> Result<(), StoreError> {
+        let row = [
+            P::Text(user),
+            P::Text(&new.entity),
+            P::Text(&new.id),
+            P::Int(new.version),
+            P::Int(i64::from(new.deleted)),
+            P::Text(&new.data),
+            P::Int(new.updated_at),
+            P::Int(new.seq),
+        ];
+        let Some(old) = previous else {
+            self.conn.exec(
+                "INSERT INTO records (user_id, entity, id, version, deleted, data, updated_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                &row,
+            )?;
+            return Ok(());
+        };
+        if keep > 0 || self.version_pinned(user, &old.entity, &old.id, old.version)? {
+            self.conn.exec(
+                "INSERT INTO record_history (user_id, entity, id, version, deleted, data, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (user_id, entity, id, version) DO UPDATE SET
+                   deleted = excluded.deleted, data = excluded.data, updated_at = excluded.updated_at",
+                &[
+                    P::Text(user),
+                    P::Text(&old.entity),
+                    P::Text(&old.id),
+                    P::Int(old.version),
+                    P::Int(i64::from(old.deleted)),
+                    P::Text(&old.data),
+                    P::Int(old.updated_at),
+                ],
+            )?;
+            self.conn.exec(
+                "DELETE FROM record_history
+                 WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version <= (
+                   SELECT version FROM record_history
+                   WHERE user_id = ?1 AND entity = ?2 AND id = ?3
+                   ORDER BY version DESC LIMIT 1 OFFSET ?4)
+                 AND NOT EXISTS (
+                   SELECT 1 FROM conflicts c
+                   WHERE c.user_id = ?1 AND c.entity = ?2 AND c.record_id = ?3
+                     AND c.server_version = record_history.version AND c.status = 'open')",
+                &[P::Text(user), P::Text(&old.entity), P::Text(&old.id), P::Int(i64::from(keep))],
+            )?;
         }
-        Ok((out, false))
+        self.conn.exec(
+            "UPDATE records SET version = ?4, deleted = ?5, data = ?6, updated_at = ?7, seq = ?8
+             WHERE user_id = ?1 AND entity = ?2 AND id = ?3",
+            &row,
+        )?;
+        Ok(())
     }
 }

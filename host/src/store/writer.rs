@@ -101,14 +101,14 @@ impl Queue {
     pub fn push(&self, user: &str, weight: usize, job: Box<dyn WriteJob>) -> Result<(), StoreError> {
         let mut st = self.lock();
         if st.closed {
-            return Err(StoreError::Closed);
+            return Err(StoreError::closed());
         }
         if st.len >= self.capacity {
-            return Err(StoreError::QueueFull);
+            return Err(full());
         }
         let waiting = st.users.get(user).map_or(0, VecDeque::len);
         if waiting >= self.per_user {
-            return Err(StoreError::QueueFull);
+            return Err(full());
         }
         if waiting == 0 && !st.users.contains_key(user) {
             st.ring.push_back(user.to_string());
@@ -188,6 +188,10 @@ impl Queue {
     }
 }
 
+fn full() -> StoreError {
+    StoreError::Unavailable("too many writes are waiting (database.write_queue)".into())
+}
+
 /// The writer thread's loop: one group, one transaction, until closed.
 pub(super) fn run(conn: Connection, queue: &Queue) {
     while let Some(group) = queue.take_group() {
@@ -202,7 +206,7 @@ pub(super) fn run(conn: Connection, queue: &Queue) {
 fn failure(e: &StoreError) -> StoreError {
     match e {
         StoreError::Busy => StoreError::Busy,
-        other => StoreError::Commit(other.to_string()),
+        other => StoreError::Other(other.to_string()),
     }
 }
 
@@ -218,7 +222,7 @@ fn begin(conn: &Connection, queue: &Queue) -> Result<(), StoreError> {
 /// Fails every job finished so far in a transaction that did not survive.
 fn fail_all(finished: &mut Vec<Finish>, why: &str) {
     for finish in finished.drain(..) {
-        finish(Err(StoreError::Commit(why.into())));
+        finish(Err(StoreError::Other(why.into())));
     }
 }
 
@@ -334,7 +338,7 @@ pub(super) mod faults {
                 *skip -= 1;
             } else if *fail > 0 {
                 *fail -= 1;
-                return Err(StoreError::Commit(format!("injected fault at {point:?}")));
+                return Err(StoreError::Other(format!("injected fault at {point:?}")));
             }
             Ok(())
         }

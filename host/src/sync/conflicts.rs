@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{Entities, SyncError, cursor, json};
 use crate::config::{QuotaConfig, SyncConfig};
-use crate::store::{ConflictRow, ConflictStatus, Notice, RecordRow, Store, StoreError, Tx, Usage, now_ms};
+use crate::store::{ConflictRow, ConflictStatus, Notice, ReadTx, RecordRow, Store, StoreError, Usage, now_ms};
 
 /// Largest page of `GET /api/sync/conflicts`.
 const MAX_PAGE: usize = 1000;
@@ -126,7 +126,7 @@ fn data_of(wire: &str) -> Result<(String, bool), StoreError> {
         deleted: bool,
     }
     let stored: Stored<'_> =
-        serde_json::from_str(wire).map_err(|e| StoreError::Commit(format!("stored conflict unreadable: {e}")))?;
+        serde_json::from_str(wire).map_err(|e| StoreError::Other(format!("stored conflict unreadable: {e}")))?;
     Ok((stored.data.get().to_string(), stored.deleted))
 }
 
@@ -217,7 +217,12 @@ pub async fn resolve(
 }
 
 /// Refuses a record whose references name records the user does not have.
-fn check_parents(tx: &Tx<'_>, user: &str, ty: &super::EntityType, refs: &[Option<String>]) -> Result<(), SyncError> {
+fn check_parents(
+    tx: &ReadTx<'_>,
+    user: &str,
+    ty: &super::EntityType,
+    refs: &[Option<String>],
+) -> Result<(), SyncError> {
     for (r, value) in ty.refs.iter().zip(refs) {
         let Some(parent) = value else { continue };
         if !tx.record_exists(user, &r.target, parent)? {

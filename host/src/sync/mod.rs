@@ -194,7 +194,7 @@ impl SyncCore {
             parsed.map(|request| (request, body.into_budget()))
         })
         .await
-        .map_err(|e| SyncError::Store(StoreError::Commit(format!("push parser failed: {e}"))))??;
+        .map_err(|e| SyncError::Store(StoreError::Other(format!("push parser failed: {e}"))))??;
         let (entities, quotas, epoch) = (self.entities.clone(), self.quotas.clone(), self.epoch.clone());
         // In-flight pushes finish on the policy set they started with, whatever a reload does.
         let policies = self.policies.current();

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use serde::Deserialize;
 
 use super::{Entities, SyncError, cursor, json};
-use crate::store::Tx;
+use crate::store::ReadTx;
 
 /// Query parameters of `GET /api/sync/pull`.
 #[derive(Debug, Default, Deserialize)]
@@ -59,7 +59,7 @@ pub struct Snapshot<'a> {
 /// Reads one page inside a single read snapshot and renders it.
 #[allow(clippy::too_many_arguments)] // one call site; the query's parts
 pub fn page(
-    tx: &Tx<'_>,
+    tx: &ReadTx<'_>,
     user: &str,
     entities: &Entities,
     state: &Snapshot<'_>,

@@ -10,7 +10,7 @@ use super::{Entities, EntityType, SyncError, cursor, json};
 use crate::config::QuotaConfig;
 use crate::metrics::OutcomeCounts;
 use crate::policy::PolicySet;
-use crate::store::{NewConflict, RecordRow, StoreError, Tx, Usage};
+use crate::store::{NewConflict, RecordRow, StoreError, Usage, WriteTx};
 
 /// How a push ended inside the transaction.
 pub enum Applied {
@@ -54,7 +54,7 @@ pub struct Context<'a> {
 
 /// Applies a push for `user`. An `Err` (a quota reached) rolls back
 /// everything the push wrote.
-pub fn apply(tx: &Tx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) -> Result<Applied, SyncError> {
+pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) -> Result<Applied, SyncError> {
     if let Some(push_id) = &req.push_id
         && let Some(logged) = tx.logged_push(user, push_id)?
     {
@@ -110,7 +110,7 @@ pub fn apply(tx: &Tx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) -> Re
     check_quotas(&state.usage, &delta, cx.quotas)?;
     let wrote_up_to = (seq > state.last_seq).then_some(seq);
     tx.update_user_state(user, wrote_up_to, &delta)?;
-    let response = String::from_utf8(out).map_err(|e| StoreError::Commit(format!("response not UTF-8: {e}")))?;
+    let response = String::from_utf8(out).map_err(|e| StoreError::Other(format!("response not UTF-8: {e}")))?;
     Ok(Applied::Fresh { response, wrote_up_to, counts })
 }
 
@@ -137,7 +137,7 @@ pub fn check_quotas(before: &Usage, delta: &Usage, quotas: &QuotaConfig) -> Resu
 /// A reason to reject when a reference names no record of this user, or a
 /// parent rejected earlier in this push; `None` when every reference holds.
 fn check_refs(
-    tx: &Tx<'_>,
+    tx: &WriteTx<'_>,
     user: &str,
     ty: &EntityType,
     incoming: &Incoming,
@@ -164,7 +164,7 @@ fn check_refs(
 
 /// Where one record is written.
 struct Write<'a, 't> {
-    tx: &'a Tx<'t>,
+    tx: &'a WriteTx<'t>,
     user: &'a str,
     ty: &'a EntityType,
     type_index: usize,

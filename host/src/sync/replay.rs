@@ -14,7 +14,7 @@ use flate2::write::DeflateEncoder;
 use serde::{Deserialize, Serialize};
 
 use super::json;
-use crate::store::{StoreError, StoredResponse, Tx};
+use crate::store::{ReadTx, StoreError, StoredResponse};
 
 /// A server record rendered at `start..end` of a response.
 #[derive(Debug)]
@@ -51,12 +51,12 @@ pub fn pack(response: &[u8], splices: &[Splice]) -> (Vec<u8>, Option<String>) {
 /// The response exactly as first sent. A record version that history no
 /// longer holds (only possible after its conflict was resolved) comes back
 /// as `null`.
-pub fn unpack(tx: &Tx<'_>, user: &str, stored: StoredResponse) -> Result<String, StoreError> {
+pub fn unpack(tx: &ReadTx<'_>, user: &str, stored: StoredResponse) -> Result<String, StoreError> {
     let (packed, holes) = match stored {
         StoredResponse::Text(text) => return Ok(text),
         StoredResponse::Packed { packed, splices } => (packed, splices),
     };
-    let unreadable = |e: String| StoreError::Commit(format!("stored push response unreadable: {e}"));
+    let unreadable = |e: String| StoreError::Other(format!("stored push response unreadable: {e}"));
     let mut text = Vec::new();
     DeflateDecoder::new(packed.as_slice()).read_to_end(&mut text).map_err(|e| unreadable(e.to_string()))?;
     let Some(holes) = holes else {

@@ -1,0 +1,251 @@
+//! One way to run a statement on either backend: SQL written once with `?N`
+//! placeholders (rewritten to `$N` for PostgreSQL), typed parameters both
+//! drivers bind, and a row reader both drivers implement. The query modules
+//! (records, conflicts, keys, pushlog) are written against this alone.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error;
+
+use bytes::BytesMut;
+use postgres::types::{IsNull, ToSql as PgToSql, Type};
+use rusqlite::types::ToSqlOutput;
+
+use super::StoreError;
+
+/// A statement parameter.
+#[derive(Clone, Copy, Debug)]
+pub enum P<'a> {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Bytes(&'a [u8]),
+}
+
+impl rusqlite::ToSql for P<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            P::Int(v) => rusqlite::ToSql::to_sql(v),
+            P::OptInt(v) => rusqlite::ToSql::to_sql(v),
+            P::Text(v) => rusqlite::ToSql::to_sql(v),
+            P::OptText(v) => rusqlite::ToSql::to_sql(v),
+            P::Bytes(v) => rusqlite::ToSql::to_sql(v),
+        }
+    }
+}
+
+impl PgToSql for P<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self {
+            P::Int(v) => PgToSql::to_sql(v, ty, out),
+            P::OptInt(v) => PgToSql::to_sql(v, ty, out),
+            P::Text(v) => PgToSql::to_sql(v, ty, out),
+            P::OptText(v) => PgToSql::to_sql(v, ty, out),
+            P::Bytes(v) => PgToSql::to_sql(v, ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Checked per variant in `to_sql_checked`.
+        true
+    }
+
+    fn to_sql_checked(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self {
+            P::Int(v) => PgToSql::to_sql_checked(v, ty, out),
+            P::OptInt(v) => PgToSql::to_sql_checked(v, ty, out),
+            P::Text(v) => PgToSql::to_sql_checked(v, ty, out),
+            P::OptText(v) => PgToSql::to_sql_checked(v, ty, out),
+            P::Bytes(v) => PgToSql::to_sql_checked(v, ty, out),
+        }
+    }
+}
+
+/// Reads columns of one result row, by position.
+pub trait Row {
+    fn int(&self, i: usize) -> Result<i64, StoreError>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
+    fn text(&self, i: usize) -> Result<String, StoreError>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError>;
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+impl Row for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(i)?)
+    }
+}
+
+impl Row for postgres::Row {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+/// A PostgreSQL connection with its prepared statements.
+pub struct PgConn {
+    pub client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgConn {
+    pub fn new(client: postgres::Client) -> PgConn {
+        PgConn { client, statements: HashMap::new() }
+    }
+
+    fn prepare(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        if let Some(stmt) = self.statements.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.client.prepare(&pg_dialect(sql))?;
+        if self.statements.len() >= 256 {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+/// `?N` placeholders become `$N`.
+fn pg_dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The connection a transaction runs on.
+pub enum Conn<'c> {
+    Lite(&'c rusqlite::Connection),
+    Pg(RefCell<&'c mut PgConn>),
+}
+
+impl Conn<'_> {
+    /// Runs a statement; returns the number of rows it changed.
+    pub fn exec(&self, sql: &str, params: &[P<'_>]) -> Result<usize, StoreError> {
+        match self {
+            Conn::Lite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params))?),
+            Conn::Pg(c) => {
+                let mut c = c.borrow_mut();
+                let stmt = c.prepare(sql)?;
+                let refs: Vec<&(dyn PgToSql + Sync)> = params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
+                Ok(usize::try_from(c.client.execute(&stmt, &refs)?).unwrap_or(usize::MAX))
+            }
+        }
+    }
+
+    /// Calls `f` for each row until it returns `false` or the rows end.
+    pub fn each(
+        &self,
+        sql: &str,
+        params: &[P<'_>],
+        mut f: impl FnMut(&dyn Row) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Conn::Lite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+                while let Some(row) = rows.next()? {
+                    if !f(row)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Conn::Pg(c) => {
+                let mut c = c.borrow_mut();
+                let stmt = c.prepare(sql)?;
+                let refs: Vec<&(dyn PgToSql + Sync)> = params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
+                // Every statement that can return many rows has a LIMIT, so reading all is bounded.
+                for row in c.client.query(&stmt, &refs)? {
+                    if !f(&row)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every row, each read by `f`.
+    pub fn all<T>(
+        &self,
+        sql: &str,
+        params: &[P<'_>],
+        mut f: impl FnMut(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        self.each(sql, params, |row| {
+            out.push(f(row)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// The first row, if any, read by `f`.
+    pub fn first<T>(
+        &self,
+        sql: &str,
+        params: &[P<'_>],
+        f: impl FnOnce(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.each(sql, params, |row| {
+            if let Some(f) = f.take() {
+                out = Some(f(row)?);
+            }
+            Ok(false)
+        })?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_become_dollars() {
+        assert_eq!(
+            super::pg_dialect("SELECT a FROM t WHERE x = ?1 AND y = ?12 AND z = '?'"),
+            "SELECT a FROM t WHERE x = $1 AND y = $12 AND z = '?'"
+        );
+    }
+}
