@@ -83,6 +83,8 @@ pub async fn events(
         // The gauge and the user's stream slot are released when the stream is dropped.
         let _held = (&open, &slot);
         let event = match notice {
+            // Notices may have been missed (another host's listener reconnected).
+            Ok(n) if n.is_resync() => Some(Event::default().event("resync").data("{}")),
             Ok(n) if n.user == user => {
                 let cursor = sync.cursor_at(n.seq);
                 Some(Event::default().event("change").data(format!("{{\"cursor\":\"{cursor}\"}}")))

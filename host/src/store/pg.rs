@@ -46,9 +46,11 @@ pub struct Pg {
 }
 
 fn connect(url: &str) -> Result<PgConn, StoreError> {
-    postgres::Client::connect(url, postgres::NoTls)
-        .map(PgConn::new)
-        .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))
+    let mut client = postgres::Client::connect(url, postgres::NoTls)
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+    // NOTICEs ("already exists, skipping") are not worth a log line each.
+    client.batch_execute("SET client_min_messages TO warning")?;
+    Ok(PgConn::new(client))
 }
 
 impl Pg {

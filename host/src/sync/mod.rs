@@ -328,7 +328,7 @@ async fn wait_for_user(
         };
         match next {
             Err(_) => return false,
-            Ok(Ok(notice)) if notice.user == user => return true,
+            Ok(Ok(notice)) if notice.user == user || notice.is_resync() => return true,
             Ok(Ok(_)) => {}
             // Missed notices may include ours: look again.
             Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
