@@ -4,10 +4,8 @@
 use std::time::Instant;
 
 use accord::config::Config;
+use accord::model::{Decision, Incoming, MergeInput, RecordRow};
 use accord::policy::{Runtime, cache_dir, load_named};
-use accord::store::RecordRow;
-use accord::sync::policy::MergeInput;
-use accord::sync::wire::Incoming;
 use accord_policy_sdk as sdk;
 
 /// Median nanoseconds per call over batches of 100 calls.
@@ -98,7 +96,7 @@ pub fn per_call(calls: usize) {
 
     // Sanity: both sides decide the same.
     let wasm = field_merge.decide(&merge_input, "{}").unwrap();
-    assert!(matches!(wasm, accord::sync::policy::Decision::Merged { .. }), "{wasm:?}");
+    assert!(matches!(wasm, Decision::Merged { .. }), "{wasm:?}");
     assert!(matches!(accord_policy_field_merge::decide(&sdk_merge), sdk::Decision::Merged { .. }));
 
     let wasm_merge = median_ns(calls, || {

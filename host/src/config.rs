@@ -505,7 +505,10 @@ impl Config {
             return bad("log.level", &format!("not a valid filter: {e}"));
         }
         for origin in &self.server.cors_origins {
-            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+            // What an HTTP header value may hold (the rule of `http::HeaderValue::from_str`;
+            // config does not depend on the HTTP stack): no control characters but tab.
+            let header_safe = origin.bytes().all(|b| (b >= 32 && b != 127) || b == b'\t');
+            if origin != "*" && !header_safe {
                 return bad("server.cors_origins", &format!("`{origin}` is not a valid origin"));
             }
         }
@@ -599,5 +602,25 @@ impl Config {
             }
         }
         Ok(order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn cors_origins_must_be_header_values() {
+        let check = |origin: &str| {
+            let mut config = Config::default();
+            config.server.cors_origins = vec![origin.into()];
+            config.validate().is_ok()
+        };
+        for good in ["*", "https://app.example", "http://localhost:5173", "https://a\tb", "https://bücher.example"] {
+            assert!(check(good), "{good:?} must be accepted");
+        }
+        for bad in ["https://a\nb", "https://a\rb", "https://a\u{0}b", "https://a\u{7f}b"] {
+            assert!(!check(bad), "{bad:?} must be refused");
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod server;
 pub mod store;

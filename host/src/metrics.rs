@@ -6,7 +6,14 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::policy::PolicySet;
+/// One entity type's merge-policy counters, as [`Metrics::render`] prints them.
+/// Whoever renders the metrics (`http::ops`) reads them from the active policy set.
+pub struct PolicyCounts<'a> {
+    pub entity: &'a str,
+    pub policy: &'a str,
+    pub calls: u64,
+    pub failures: u64,
+}
 
 /// Per-record push outcomes, in the order of [`Metrics::OUTCOMES`].
 pub type OutcomeCounts = [u64; 5];
@@ -71,7 +78,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every counter, plus per-policy calls and failures.
-    pub fn render(&self, policies: &PolicySet) -> String {
+    pub fn render(&self, policies: &[PolicyCounts<'_>]) -> String {
         let mut out = String::with_capacity(2048);
         family(&mut out, "accord_info", "gauge", "Build information.");
         let _ = writeln!(out, "accord_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
@@ -101,12 +108,11 @@ impl Metrics {
         family(&mut out, "accord_event_streams", "gauge", "Open /api/sync/events streams.");
         let _ = writeln!(out, "accord_event_streams {}", self.event_streams.load(Relaxed));
         family(&mut out, "accord_policy_calls_total", "counter", "Merge-policy calls by entity type and policy.");
-        for (entity, b) in &policies.bindings {
+        for p in policies {
             let _ = writeln!(
                 out,
-                "accord_policy_calls_total{{entity=\"{entity}\",policy=\"{}\"}} {}",
-                b.policy.name,
-                b.policy.calls()
+                "accord_policy_calls_total{{entity=\"{}\",policy=\"{}\"}} {}",
+                p.entity, p.policy, p.calls
             );
         }
         family(
@@ -115,12 +121,11 @@ impl Metrics {
             "counter",
             "Merge-policy calls that failed (trap, limit, bad output).",
         );
-        for (entity, b) in &policies.bindings {
+        for p in policies {
             let _ = writeln!(
                 out,
-                "accord_policy_failures_total{{entity=\"{entity}\",policy=\"{}\"}} {}",
-                b.policy.name,
-                b.policy.failures()
+                "accord_policy_failures_total{{entity=\"{}\",policy=\"{}\"}} {}",
+                p.entity, p.policy, p.failures
             );
         }
         out

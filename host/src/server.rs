@@ -21,9 +21,10 @@ use crate::auth::limit::FailedAuthLimit;
 use crate::config::{Config, ServerConfig};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::policy::{self, Policies, PolicyError};
+use crate::model::{Decision, MergeInput};
+use crate::policy::{self, Policies, PolicyError, PolicySet};
 use crate::store::{Store, StoreError};
-use crate::sync::{SetupError, SyncCore};
+use crate::sync::{ActiveRules, MergeRules, SetupError, SyncCore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -58,6 +59,22 @@ pub async fn load_policies(config: &Config) -> Result<Arc<Policies>, PolicyError
         .map_err(|e| PolicyError::Runtime(format!("loader task failed: {e}")))?
 }
 
+// The wiring between `sync` and `policy`, which do not know each other: sync
+// decides through its own `MergeRules` interface, and here the policy set is
+// what implements it (see ARCHITECTURE.md, the dependency rule).
+
+impl MergeRules for PolicySet {
+    fn decide(&self, type_index: usize, input: &MergeInput<'_>) -> Decision {
+        PolicySet::decide(self, type_index, input)
+    }
+}
+
+impl ActiveRules for Policies {
+    fn current(&self) -> Arc<dyn MergeRules> {
+        Policies::current(self)
+    }
+}
+
 /// Binds `server.bind` and serves until `shutdown` resolves.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
@@ -80,16 +97,27 @@ pub async fn serve_on(
     let (usage, usage_task) = UsageRecorder::start(store.clone());
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let sync = SyncCore::new(store.clone(), &config, policies.clone(), metrics.clone(), shutdown_rx.clone()).await?;
+    let rules: Arc<dyn ActiveRules> = policies.clone();
+    let sync = SyncCore::new(store.clone(), &config, rules, metrics.clone(), shutdown_rx.clone()).await?;
     let janitor = tokio::spawn(expire_pushes(sync.clone()));
     let server_config = config.server.clone();
     let config = Arc::new(config);
-    policy::reload::spawn_reloaders(policies, config.clone(), shutdown_rx.clone());
+    policy::reload::spawn_reloaders(policies.clone(), config.clone(), shutdown_rx.clone());
     let jwt = JwtVerifier::from_config(&config.auth.jwt).await?.map(Arc::new);
     let auth_limit = Arc::new(FailedAuthLimit::new(config.auth.failed_per_minute));
     let limits = Arc::new(http::UserLimits::new(&config));
-    let state =
-        AppState { config, store: store.clone(), usage, sync, metrics, jwt, auth_limit, shutdown: shutdown_rx, limits };
+    let state = AppState {
+        config,
+        store: store.clone(),
+        usage,
+        sync,
+        policies,
+        metrics,
+        jwt,
+        auth_limit,
+        shutdown: shutdown_rx,
+        limits,
+    };
     let router = http::app(state);
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %store.describe(), "accord listening");

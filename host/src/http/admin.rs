@@ -28,7 +28,7 @@ pub struct PoliciesView {
 }
 
 fn view(state: &AppState) -> PoliciesView {
-    let set = state.sync.policies().current();
+    let set = state.policies.current();
     let policies = set
         .bindings
         .iter()
@@ -56,7 +56,7 @@ pub async fn policies(State(state): State<AppState>, caller: Principal) -> Resul
 /// `POST /api/admin/reload`: re-read config.toml and the policy dir; switch only if all load.
 pub async fn reload(State(state): State<AppState>, caller: Principal) -> Result<Json<PoliciesView>, ApiError> {
     caller.require(Scope::Admin)?;
-    reload::reload_logged(state.sync.policies().clone(), state.config.clone(), "POST /api/admin/reload")
+    reload::reload_logged(state.policies.clone(), state.config.clone(), "POST /api/admin/reload")
         .await
         .map_err(|e| ApiError::Unprocessable(format!("reload refused, the previous policies stay active: {e}")))?;
     Ok(Json(view(&state)))

@@ -26,6 +26,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::UsageRecorder;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::policy::Policies;
 use crate::store::Store;
 use crate::sync::SyncCore;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub store: Store,
     pub usage: UsageRecorder,
     pub sync: SyncCore,
+    /// The active policy set (the same one `sync` decides with): admin view, reload, metrics.
+    pub policies: Arc<Policies>,
     pub metrics: Arc<Metrics>,
     /// Verifies JWT bearer tokens; `None` when `[auth.jwt]` sets no key source.
     pub jwt: Option<Arc<crate::auth::jwt::JwtVerifier>>,

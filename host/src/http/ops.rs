@@ -6,10 +6,22 @@ use axum::http::{Method, Uri};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
+use crate::metrics::PolicyCounts;
 
 /// `GET /metrics`: Prometheus text format. Aggregate counters only — no user data.
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    let text = state.metrics.render(&state.sync.policies().current());
+    let set = state.policies.current();
+    let counts: Vec<PolicyCounts<'_>> = set
+        .bindings
+        .iter()
+        .map(|(entity, b)| PolicyCounts {
+            entity,
+            policy: &b.policy.name,
+            calls: b.policy.calls(),
+            failures: b.policy.failures(),
+        })
+        .collect();
+    let text = state.metrics.render(&counts);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 

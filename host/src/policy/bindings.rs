@@ -2,8 +2,7 @@
 //! and conversions between them and the domain types, so sync code never sees
 //! generated types.
 
-use crate::store::RecordRow;
-use crate::sync::policy::{Decision, MergeInput};
+use crate::model::{Decision, MergeInput, RecordRow};
 
 mod generated {
     wasmtime::component::bindgen!({

@@ -5,9 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::Policy;
-use crate::store::RecordRow;
-use crate::sync::policy::{Decision, MergeInput};
-use crate::sync::wire::Incoming;
+use crate::model::{Decision, Incoming, MergeInput, RecordRow};
 
 /// One case of a cases file (a JSON array of these).
 #[derive(Deserialize)]

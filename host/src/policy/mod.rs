@@ -26,8 +26,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
 use crate::config::PoliciesConfig;
-use crate::store::now_ms;
-use crate::sync::policy::{Decision, MergeInput};
+use crate::model::{Decision, MergeInput, now_ms};
 use sandbox::Sandbox;
 
 pub use bindings::WORLD;

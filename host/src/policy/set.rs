@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use super::{Policy, PolicyError, Runtime, builtin};
 use crate::config::Config;
-use crate::sync::policy::{Decision, MergeInput};
+use crate::model::{Decision, MergeInput};
 
 /// The policy of one entity type, with its settings.
 #[derive(Clone)]

@@ -37,6 +37,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::config::DatabaseConfig;
 
+pub use crate::model::now_ms;
 pub use conflicts::{ConflictRow, ConflictStatus, NewConflict};
 pub use keys::{ApiKeyRow, NewApiKey};
 pub use migrate::latest_version;
@@ -119,13 +120,6 @@ impl From<postgres::Error> for StoreError {
             _ => StoreError::Other(format!("postgres: {e}")),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A read snapshot. Its methods (in the submodules) are the store's read

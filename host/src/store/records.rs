@@ -3,18 +3,7 @@
 use super::sql::{P, Row};
 use super::{ReadTx, StoreError, WriteTx};
 
-/// One version of a record as stored. `data` is JSON object text, kept verbatim.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordRow {
-    pub entity: String,
-    pub id: String,
-    pub version: i64,
-    pub deleted: bool,
-    pub data: String,
-    pub updated_at: i64,
-    /// The change sequence of the write that produced this version (0 in history).
-    pub seq: i64,
-}
+pub use crate::model::RecordRow;
 
 /// What a user has stored, as counted for quotas (or a change to it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -8,7 +8,7 @@ mod budget;
 mod conflicts;
 pub mod cursor;
 mod json;
-pub mod policy;
+pub mod merge;
 mod pull;
 mod push;
 mod replay;
@@ -21,11 +21,11 @@ use tokio::sync::broadcast;
 
 use crate::config::{Config, ConfigError, QuotaConfig, SyncConfig};
 use crate::metrics::Metrics;
-use crate::policy::Policies;
 use crate::store::{Notice, Store, StoreError, now_ms};
 
 pub use budget::{BodyBudget, BodyBytes};
 pub use conflicts::{ConflictQuery, Resolution};
+pub use merge::{ActiveRules, MergeRules};
 pub use pull::PullQuery;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,8 @@ pub struct SyncCore {
     budget: BodyBudget,
     /// This database's identity, part of every cursor.
     epoch: Arc<str>,
-    policies: Arc<Policies>,
+    /// The merge rules (wired in by `server`: the active policy set).
+    rules: Arc<dyn ActiveRules>,
     metrics: Arc<Metrics>,
     /// Turns true on shutdown; long polls answer at once then.
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -149,7 +150,7 @@ impl SyncCore {
     pub async fn new(
         store: Store,
         config: &Config,
-        policies: Arc<Policies>,
+        rules: Arc<dyn ActiveRules>,
         metrics: Arc<Metrics>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<SyncCore, SetupError> {
@@ -158,11 +159,7 @@ impl SyncCore {
         let limits = Arc::new(config.sync.clone());
         let quotas = Arc::new(config.quotas.clone());
         let budget = BodyBudget::new(config.server.max_parsing_bytes);
-        Ok(SyncCore { store, entities, limits, quotas, budget, epoch: epoch.into(), policies, metrics, shutdown })
-    }
-
-    pub fn policies(&self) -> &Arc<Policies> {
-        &self.policies
+        Ok(SyncCore { store, entities, limits, quotas, budget, epoch: epoch.into(), rules, metrics, shutdown })
     }
 
     /// The cursor that stands for "up to sequence `seq`".
@@ -196,8 +193,8 @@ impl SyncCore {
         .await
         .map_err(|e| SyncError::Store(StoreError::Other(format!("push parser failed: {e}"))))??;
         let (entities, quotas, epoch) = (self.entities.clone(), self.quotas.clone(), self.epoch.clone());
-        // In-flight pushes finish on the policy set they started with, whatever a reload does.
-        let policies = self.policies.current();
+        // In-flight pushes finish on the rules they started with, whatever a reload does.
+        let rules = self.rules.current();
         let weight = request.record_count;
         let owner = user.to_string();
         let applied = self
@@ -205,7 +202,7 @@ impl SyncCore {
             .write_for(user, weight, move |tx| {
                 let cx = push::Context {
                     entities: &entities,
-                    policies: &policies,
+                    rules: rules.as_ref(),
                     quotas: &quotas,
                     epoch: &epoch,
                     now: now_ms(),

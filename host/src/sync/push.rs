@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 
-use super::policy::{Decision, MergeInput};
+use super::merge::MergeRules;
 use super::replay::{self, Splice};
-use super::wire::{Incoming, PushRequest};
+use super::wire::PushRequest;
 use super::{Entities, EntityType, SyncError, cursor, json};
 use crate::config::QuotaConfig;
 use crate::metrics::OutcomeCounts;
-use crate::policy::PolicySet;
+use crate::model::{Decision, Incoming, MergeInput};
 use crate::store::{NewConflict, RecordRow, StoreError, Usage, WriteTx};
 
 /// How a push ended inside the transaction.
@@ -46,7 +46,7 @@ impl Outcome {
 /// What a push is checked against besides its records.
 pub struct Context<'a> {
     pub entities: &'a Entities,
-    pub policies: &'a PolicySet,
+    pub rules: &'a dyn MergeRules,
     pub quotas: &'a QuotaConfig,
     pub epoch: &'a str,
     pub now: i64,
@@ -63,7 +63,7 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
         }
         return Ok(Applied::Replay(replay::unpack(tx, user, logged.stored)?));
     }
-    let (entities, policies, now) = (cx.entities, cx.policies, cx.now);
+    let (entities, rules, now) = (cx.entities, cx.rules, cx.now);
     let state = tx.user_state(user)?;
     let mut seq = state.last_seq;
     let mut delta = Usage::default();
@@ -85,7 +85,7 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
                 Some(reason) => Outcome::Rejected(reason),
                 None => {
                     let at = Write { tx, user, ty, type_index: *type_index, now };
-                    decide_and_write(&at, policies, incoming, &mut seq, &mut delta)?
+                    decide_and_write(&at, rules, incoming, &mut seq, &mut delta)?
                 }
             };
             // A child may only lean on a parent that exists once this push commits.
@@ -173,7 +173,7 @@ struct Write<'a, 't> {
 
 fn decide_and_write(
     at: &Write<'_, '_>,
-    policies: &PolicySet,
+    rules: &dyn MergeRules,
     incoming: &Incoming,
     seq: &mut i64,
     delta: &mut Usage,
@@ -198,7 +198,7 @@ fn decide_and_write(
         _ => None,
     };
     let input = MergeInput { entity: &ty.name, user, server: server.as_ref(), base: base.as_ref(), incoming };
-    let decision = policies.decide(type_index, &input);
+    let decision = rules.decide(type_index, &input);
     let version = server.as_ref().map_or(incoming.version, |s| s.version.saturating_add(1).max(incoming.version));
     let mut store_as = |data: &str, deleted: bool| -> Result<RecordRow, StoreError> {
         *seq += 1;

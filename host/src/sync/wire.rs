@@ -10,27 +10,13 @@ use sha2::{Digest, Sha256};
 
 use super::{Entities, SyncError, json};
 use crate::config::SyncConfig;
+use crate::model::Incoming;
 
 /// Longest record id, `pushId` or `clientId`, in characters.
 pub const MAX_ID_CHARS: usize = 128;
 /// Largest accepted `version`/`baseVersion`: the largest integer every JSON
 /// client (JavaScript included) represents exactly.
 pub const MAX_VERSION: i64 = (1 << 53) - 1;
-
-/// One incoming record, validated.
-#[derive(Clone, Debug)]
-pub struct Incoming {
-    pub id: String,
-    pub version: i64,
-    /// 0 when absent: the client believes the record is new.
-    pub base_version: i64,
-    pub deleted: bool,
-    /// The `data` object, as the client's JSON text.
-    pub data: String,
-    /// Values of the type's reference fields, in the order of `EntityType::refs`
-    /// (`None` when absent or null).
-    pub refs: Vec<Option<String>>,
-}
 
 /// A validated push: records grouped by entity type, in dependency order.
 pub struct PushRequest {

@@ -16,3 +16,4 @@ mod request_ids;
 mod sync_crash;
 mod sync_pull;
 mod sync_push;
+mod tidy;

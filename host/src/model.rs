@@ -1,0 +1,65 @@
+//! Domain types shared by the layers: a stored record, an incoming record,
+//! and what a merge rule sees and answers.
+//!
+//! This module sits below every other one and imports nothing of the crate:
+//! `store` stores these types, `sync` produces and consumes them, `policy`
+//! converts them to and from WIT. Plain data only — no I/O, no behaviour.
+
+/// One version of a record as stored. `data` is JSON object text, kept verbatim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordRow {
+    pub entity: String,
+    pub id: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub data: String,
+    pub updated_at: i64,
+    /// The change sequence of the write that produced this version (0 in history).
+    pub seq: i64,
+}
+
+/// One incoming record, validated (produced by `sync::wire`).
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub id: String,
+    pub version: i64,
+    /// 0 when absent: the client believes the record is new.
+    pub base_version: i64,
+    pub deleted: bool,
+    /// The `data` object, as the client's JSON text.
+    pub data: String,
+    /// Values of the type's reference fields, in the order of `sync::EntityType::refs`
+    /// (`None` when absent or null).
+    pub refs: Vec<Option<String>>,
+}
+
+/// What a merge rule sees for one record: (server, base, incoming).
+pub struct MergeInput<'a> {
+    pub entity: &'a str,
+    pub user: &'a str,
+    /// The server's current version, if the record exists (tombstones included).
+    pub server: Option<&'a RecordRow>,
+    /// The version the client started from, if history still holds it.
+    pub base: Option<&'a RecordRow>,
+    pub incoming: &'a Incoming,
+}
+
+/// A merge rule's verdict on one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Store the incoming record as sent.
+    Accept,
+    /// Store this record instead (the host picks the version).
+    Merged { data: String, deleted: bool },
+    /// Keep the server's record; keep the incoming one in the conflicts table.
+    Conflict(String),
+    /// Invalid input; store nothing.
+    Reject(String),
+}
+
+/// Milliseconds since the Unix epoch (0 before it, saturating far after).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
