@@ -323,6 +323,9 @@ impl Default for ServerConfig {
 pub struct DatabaseConfig {
     /// Path of the SQLite file; its folder is created if missing.
     pub path: PathBuf,
+    /// PostgreSQL connection URL (`postgres://user:pass@host:port/db`); when set,
+    /// the store uses PostgreSQL and `path` is ignored.
+    pub url: Option<String>,
     /// SQLite `synchronous` level. `full` makes an acknowledged write survive power loss.
     pub synchronous: Synchronous,
     /// How long a connection waits for a lock before giving up, in milliseconds.
@@ -338,6 +341,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("./data/accord.db"),
+            url: None,
             synchronous: Synchronous::Full,
             busy_timeout_ms: 5000,
             readers: 4,
