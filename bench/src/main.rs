@@ -140,7 +140,8 @@ impl Server {
         let mut config = Config::default();
         config.database.path = db.clone();
         let store = accord::server::open_store(&config).await.unwrap();
-        let (_, key) = apikey::issue(&store, "bench", "bench", &[Scope::SyncRead, Scope::SyncWrite], None).await.unwrap();
+        let (_, key) =
+            apikey::issue(&store, "bench", "bench", &[Scope::SyncRead, Scope::SyncWrite], None).await.unwrap();
         store.close().await;
         let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
             .arg("server")
