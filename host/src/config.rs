@@ -457,7 +457,8 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("ACCORD_").split("__").ignore(&["config"]));
+        // ACCORD_TEST_BACKEND picks the integration tests' database, not a config key.
+        figment = figment.merge(Env::prefixed("ACCORD_").split("__").ignore(&["config", "test_backend"]));
         let mut config: Config = figment.extract()?;
         if config.entities.is_empty() {
             config.entities = default_entities();

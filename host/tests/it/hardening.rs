@@ -11,8 +11,13 @@ fn page(id: &str, version: i64, data: Value) -> Value {
     json!({"id": id, "version": version, "data": data})
 }
 
-/// The size of the database with its WAL, in bytes.
+/// The size of the database with its WAL, in bytes (on PostgreSQL, its `pg_database_size`).
 fn db_bytes(server: &TestServer) -> u64 {
+    if server.config.database.url.is_some() {
+        return crate::support::pg_query(&server.config, "SELECT pg_database_size(current_database())")
+            .parse()
+            .unwrap();
+    }
     let db = server.db_path();
     let wal = db.with_extension("db-wal");
     [db, wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
@@ -186,19 +191,39 @@ async fn a_locked_database_is_busy_not_closed() {
     let server = TestServer::start_with(|c| c.database.busy_timeout_ms = 100).await;
     let key = server.cli_key("alice", &[]);
     push_ok(&server, &key, &json!({"changes": {"pages": [page("p1", 1, json!({}))]}})).await;
-    // Another process holds the write lock.
-    let other = rusqlite::Connection::open(server.db_path()).unwrap();
-    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Another process holds the write lock: SQLite's one lock, or on PostgreSQL a
+    // lock on `records` that lets plain reads through but no writer.
+    enum Lock {
+        Sqlite(rusqlite::Connection),
+        Postgres(crate::support::pg::Session),
+    }
+    let lock = match &server.config.database.url {
+        None => {
+            let other = rusqlite::Connection::open(server.db_path()).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            Lock::Sqlite(other)
+        }
+        Some(url) => {
+            let mut other = crate::support::pg::cluster().session(url);
+            other.run("BEGIN; LOCK TABLE records IN EXCLUSIVE MODE;");
+            Lock::Postgres(other)
+        }
+    };
     let r = server
         .post("/api/sync/push", &key, &json!({"changes": {"pages": [page("p2", 1, json!({}))]}}))
+        .timeout(Duration::from_secs(30))
         .send()
         .await
-        .unwrap();
+        .expect("a push waits busy_timeout_ms for a lock, not until the lock is released");
     assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let problem = expect_problem(r, 503).await;
     assert!(problem["detail"].as_str().unwrap().contains("database busy"), "{problem}");
-    other.execute_batch("ROLLBACK").unwrap();
-    drop(other);
+    match lock {
+        Lock::Sqlite(other) => other.execute_batch("ROLLBACK").unwrap(),
+        Lock::Postgres(mut other) => {
+            other.run("ROLLBACK;");
+        }
+    }
     // Nothing of the refused push was written, and the server writes again.
     let all = pull(&server, &key, "").await;
     assert_eq!(all["changes"]["pages"].as_array().unwrap().len(), 1);

@@ -81,9 +81,16 @@ async fn key_lifecycle_cli_and_http() {
     let r = server.delete(&format!("/api/api-keys/{phone_id}"), &admin).send().await.unwrap();
     assert_eq!(r.status(), 204);
 
-    // The raw keys never reach the database file (or its WAL).
-    let db = server.db_path();
+    // The raw keys never reach the database file (or its WAL), nor on PostgreSQL a dump of the database.
+    let (db, url) = (server.db_path(), server.config.database.url.clone());
     server.stop().await;
+    if let Some(url) = url {
+        let dump = crate::support::pg::cluster().dump(&url);
+        assert!(dump.len() > 1000, "a dump with the schema");
+        for raw in [&admin, &phone] {
+            assert!(!dump.windows(raw.len()).any(|w| w == raw.as_bytes()), "raw key found in the database");
+        }
+    }
     for path in [db.clone(), db.with_extension("db-wal")] {
         if let Ok(bytes) = std::fs::read(&path) {
             for raw in [&admin, &phone] {
@@ -97,8 +104,8 @@ async fn key_lifecycle_cli_and_http() {
 async fn cli_lists_and_revokes() {
     let server = TestServer::start().await;
     let key = server.cli_key("carol", &["sync:read", "keys:manage"]);
-    let db = server.db_path();
-    let env = [("ACCORD_DATABASE__PATH", db.to_str().unwrap())];
+    let db = server.db_env();
+    let env = [db.pair()];
     let out = cli(&["keys", "list", "--user", "carol"], &env, None);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -231,8 +238,8 @@ async fn keys_can_expire_over_http_and_from_the_cli() {
     assert_eq!(server.get("/api/sync/pull", hour["key"].as_str().unwrap()).send().await.unwrap().status(), 200);
 
     // The CLI takes a duration with s, m, h or d and shows the expiry in `keys list`.
-    let db = server.db_path();
-    let env = [("ACCORD_DATABASE__PATH", db.to_str().unwrap())];
+    let db = server.db_env();
+    let env = [db.pair()];
     let before = now_ms();
     let out = cli(&["keys", "create", "--user", "jon", "--name", "month", "--expires-in", "30d"], &env, None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

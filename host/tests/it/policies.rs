@@ -371,11 +371,11 @@ async fn compiled_components_are_cached_and_a_bad_artifact_is_recompiled() {
 async fn sighup_reloads_the_policies() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("accord.toml");
-    let db = dir.path().join("accord.db");
+    let db = crate::support::fresh_database(&dir.path().join("accord.db"));
     let write = |policy: &str| {
         let text = format!(
-            "[database]\npath = {:?}\n[policies]\nwatch = false\ncache_dir = {:?}\n[entities.pages]\npolicy = {policy:?}\n",
-            db.display().to_string(),
+            "[database]\n{}\n[policies]\nwatch = false\ncache_dir = {:?}\n[entities.pages]\npolicy = {policy:?}\n",
+            db.toml(),
             std::env::temp_dir().join("accord-test-policy-cache").display().to_string()
         );
         std::fs::write(&file, text).unwrap();

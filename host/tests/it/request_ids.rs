@@ -68,9 +68,10 @@ async fn request_ids_are_echoed_and_carried_by_problems() {
 #[tokio::test]
 async fn every_log_line_of_a_request_names_its_id() {
     let dir = tempfile::tempdir().unwrap();
+    let db = crate::support::fresh_database(&dir.path().join("accord.db"));
     let served = spawn_serve(
         dir.path(),
-        &[("ACCORD_SERVER__BIND", "127.0.0.1:0"), ("ACCORD_LOG__LEVEL", "accord=debug,tower_http=debug")],
+        &[("ACCORD_SERVER__BIND", "127.0.0.1:0"), ("ACCORD_LOG__LEVEL", "accord=debug,tower_http=debug"), db.pair()],
     );
     let client = reqwest::Client::new();
     let base = format!("http://{}", served.addr);

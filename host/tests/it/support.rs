@@ -1,8 +1,14 @@
 //! Test helpers: an in-process server on 127.0.0.1:0 with a temp database, and the CLI.
+//!
+//! The database is a SQLite file, or with `ACCORD_TEST_BACKEND=postgres` a fresh
+//! database in a throwaway PostgreSQL cluster (see [`pg`]).
+
+pub mod pg;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use accord::config::Config;
@@ -23,9 +29,88 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Where the tests keep their data, from `ACCORD_TEST_BACKEND` (`sqlite`, the default, or `postgres`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    *BACKEND.get_or_init(|| match std::env::var("ACCORD_TEST_BACKEND").unwrap_or_default().as_str() {
+        "" | "sqlite" => Backend::Sqlite,
+        "postgres" | "postgresql" => Backend::Postgres,
+        other => panic!("ACCORD_TEST_BACKEND={other:?}: expected `sqlite` or `postgres`"),
+    })
+}
+
+/// For a test about the SQLite file itself: on PostgreSQL, says why it does
+/// not apply and returns true (the test then returns).
+pub fn sqlite_only(why: &str) -> bool {
+    let skip = backend() == Backend::Postgres;
+    if skip {
+        println!("skipped on PostgreSQL: {why}");
+    }
+    skip
+}
+
+/// The variable a CLI child or a `serve` process needs to reach a database:
+/// `ACCORD_DATABASE__URL` on PostgreSQL, else `ACCORD_DATABASE__PATH`.
+pub struct DbEnv {
+    pub name: &'static str,
+    pub value: String,
+}
+
+impl DbEnv {
+    /// The database `config` uses.
+    pub fn of(config: &Config) -> DbEnv {
+        match &config.database.url {
+            Some(url) => DbEnv { name: "ACCORD_DATABASE__URL", value: url.clone() },
+            None => DbEnv {
+                name: "ACCORD_DATABASE__PATH",
+                value: config.database.path.to_str().expect("utf-8 path").to_string(),
+            },
+        }
+    }
+
+    pub fn pair(&self) -> (&str, &str) {
+        (self.name, &self.value)
+    }
+
+    /// The same as a line of the `[database]` table of a config file.
+    pub fn toml(&self) -> String {
+        let key = if self.name.ends_with("URL") { "url" } else { "path" };
+        format!("{key} = {:?}", self.value)
+    }
+}
+
+/// A database of its own for a test: on SQLite the file `sqlite_path`, on
+/// PostgreSQL a new, empty database.
+pub fn fresh_database(sqlite_path: &Path) -> DbEnv {
+    let mut config = Config::default();
+    use_fresh_database(&mut config, sqlite_path);
+    DbEnv::of(&config)
+}
+
+/// Points `config` at a fresh database: the SQLite file `sqlite_path`, and on
+/// PostgreSQL a new database (`database.url`).
+pub fn use_fresh_database(config: &mut Config, sqlite_path: &Path) {
+    config.database.path = sqlite_path.to_path_buf();
+    config.database.url = match backend() {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(pg::cluster().create_database()),
+    };
+}
+
+/// Runs `sql` on the PostgreSQL database of `config` and returns the rows (see [`pg::Cluster::psql`]).
+pub fn pg_query(config: &Config, sql: &str) -> String {
+    pg::cluster().psql(config.database.url.as_deref().expect("a PostgreSQL database"), sql)
+}
+
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
-    config.database.path = dir.join("accord.db");
+    use_fresh_database(&mut config, &dir.join("accord.db"));
     // Tests do not need power-loss durability; a crash test that does sets FULL itself.
     config.database.synchronous = accord::config::Synchronous::Normal;
     // Share compiled policy components between test servers (wasmtime's disk cache).
@@ -45,10 +130,18 @@ impl TestServer {
         Self::start_in(dir, config).await
     }
 
-    pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestServer {
+    /// Serves `config`; on PostgreSQL, a config without `database.url` gets a fresh database.
+    pub async fn start_in(dir: tempfile::TempDir, mut config: Config) -> TestServer {
+        if backend() == Backend::Postgres && config.database.url.is_none() {
+            config.database.url = Some(pg::cluster().create_database());
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let store = accord::server::open_store(&config).await.expect("open store");
+        if backend() == Backend::Postgres {
+            let file = &config.database.path;
+            assert!(!file.exists(), "database.url is set, yet the store opened the SQLite file {}", file.display());
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let served = config.clone();
         let task = tokio::spawn(async move {
@@ -71,8 +164,14 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The SQLite file (unused on PostgreSQL).
     pub fn db_path(&self) -> PathBuf {
         self.config.database.path.clone()
+    }
+
+    /// What a CLI child needs to reach this server's database.
+    pub fn db_env(&self) -> DbEnv {
+        DbEnv::of(&self.config)
     }
 
     pub fn get(&self, path: &str, key: &str) -> RequestBuilder {
@@ -89,12 +188,12 @@ impl TestServer {
 
     /// Creates a key with the CLI against this server's database and returns it.
     pub fn cli_key(&self, user: &str, scopes: &[&str]) -> String {
-        let db = self.db_path();
+        let db = self.db_env();
         let mut args = vec!["keys", "create", "--user", user, "--name", "test"];
         for s in scopes {
             args.extend(["--scope", s]);
         }
-        let out = cli(&args, &[("ACCORD_DATABASE__PATH", db.to_str().expect("utf-8 path"))], None);
+        let out = cli(&args, &[db.pair()], None);
         assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
         let key = stdout.trim().to_string();

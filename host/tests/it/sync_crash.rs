@@ -64,23 +64,16 @@ async fn dropped_connections_leave_all_or_nothing() {
 }
 
 /// Starts `accord serve` as a child on a fresh port over `db`.
-fn serve_child(dir: &std::path::Path, db: &str) -> crate::support::Served {
-    spawn_serve(
-        dir,
-        &[
-            ("ACCORD_SERVER__BIND", "127.0.0.1:0"),
-            ("ACCORD_DATABASE__PATH", db),
-            ("ACCORD_DATABASE__SYNCHRONOUS", "full"),
-        ],
-    )
+fn serve_child(dir: &std::path::Path, db: &crate::support::DbEnv) -> crate::support::Served {
+    spawn_serve(dir, &[("ACCORD_SERVER__BIND", "127.0.0.1:0"), db.pair(), ("ACCORD_DATABASE__SYNCHRONOUS", "full")])
 }
 
 #[tokio::test]
 async fn kill_dash_nine_mid_push_loses_nothing_acknowledged_and_writes_no_half() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
-    let db = db.to_str().unwrap();
-    let out = cli(&["keys", "create", "--user", "alice", "--name", "crash"], &[("ACCORD_DATABASE__PATH", db)], None);
+    // On PostgreSQL only `accord` is killed, never the database server: the same guarantees hold.
+    let db = crate::support::fresh_database(&dir.path().join("crash.db"));
+    let out = cli(&["keys", "create", "--user", "alice", "--name", "crash"], &[db.pair()], None);
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let client = reqwest::Client::new();
@@ -88,7 +81,7 @@ async fn kill_dash_nine_mid_push_loses_nothing_acknowledged_and_writes_no_half()
 
     for round in 0..10 {
         let prefix = format!("r{round}");
-        let mut served = serve_child(dir.path(), db);
+        let mut served = serve_child(dir.path(), &db);
         let url = format!("http://{}/api/sync/push", served.addr);
         let body = batch(&prefix, 5000);
         let request = client.post(&url).bearer_auth(&key).json(&body).send();
@@ -100,7 +93,7 @@ async fn kill_dash_nine_mid_push_loses_nothing_acknowledged_and_writes_no_half()
         served.child.wait().unwrap();
         let acknowledged = matches!(request.await.unwrap(), Ok(r) if r.status() == 200);
 
-        let served = serve_child(dir.path(), db);
+        let served = serve_child(dir.path(), &db);
         let server_view = crate::support::RemoteServer::new(&served.addr);
         let all = server_view.pull_all(&key).await;
         let n = count(&all, &prefix);

@@ -379,14 +379,14 @@ async fn a_revoked_key_ends_its_event_stream_and_shutdown_ends_long_polls() {
 async fn reset_cursors_after_a_restore() {
     let keep = tempfile::tempdir().unwrap();
     let config = crate::support::test_config(keep.path());
-    let db = config.database.path.clone();
+    let db = crate::support::DbEnv::of(&config);
     let server = TestServer::start_in(tempfile::tempdir().unwrap(), config.clone()).await;
     let key = server.cli_key("alice", &[]);
     push_ok(&server, &key, &pages(0..2)).await;
     let cursor = pull(&server, &key, "").await["cursor"].as_str().unwrap().to_string();
     server.stop().await;
 
-    let out = crate::support::cli(&["reset-cursors"], &[("ACCORD_DATABASE__PATH", db.to_str().unwrap())], None);
+    let out = crate::support::cli(&["reset-cursors"], &[db.pair()], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let server = TestServer::start_in(tempfile::tempdir().unwrap(), config).await;
