@@ -35,9 +35,24 @@ const LISTEN_TICK: Duration = Duration::from_millis(250);
 /// Pause between attempts to reconnect the listener.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
+/// Idle connections. A `postgres::Client` blocks on its own runtime when
+/// dropped, which panics on a tokio worker: idle connections are therefore
+/// always dropped on a thread of their own.
+#[derive(Default)]
+struct Idle(Vec<PgConn>);
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        let conns = std::mem::take(&mut self.0);
+        if !conns.is_empty() {
+            let _ = std::thread::Builder::new().name("accord-pg-close".into()).spawn(move || drop(conns));
+        }
+    }
+}
+
 pub struct Pg {
     url: String,
-    pool: Arc<Mutex<Vec<PgConn>>>,
+    pool: Arc<Mutex<Idle>>,
     permits: Arc<Semaphore>,
     size: usize,
     wait: Duration,
@@ -45,17 +60,23 @@ pub struct Pg {
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn connect(url: &str) -> Result<PgConn, StoreError> {
+/// A new connection: NOTICEs ("already exists, skipping") are not worth a
+/// log line each, and a lock held elsewhere is waited for at most
+/// `busy_timeout_ms`, then the request is answered `503 database busy`.
+fn connect(url: &str, busy: Duration) -> Result<PgConn, StoreError> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)
         .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-    // NOTICEs ("already exists, skipping") are not worth a log line each.
-    client.batch_execute("SET client_min_messages TO warning")?;
+    client.batch_execute(&format!(
+        "SET client_min_messages TO warning; SET lock_timeout = {}",
+        busy.as_millis().max(1)
+    ))?;
     Ok(PgConn::new(client))
 }
 
 impl Pg {
     pub fn open(url: &str, config: &DatabaseConfig, notices: broadcast::Sender<Notice>) -> Result<Pg, StoreError> {
-        let mut first = connect(url)?;
+        let wait = Duration::from_millis(config.busy_timeout_ms);
+        let mut first = connect(url, wait)?;
         migrate::migrate_pg(&mut first.client)?;
         let closed = Arc::new(AtomicBool::new(false));
         let listener = {
@@ -67,10 +88,10 @@ impl Pg {
         };
         Ok(Pg {
             url: url.to_string(),
-            pool: Arc::new(Mutex::new(vec![first])),
+            pool: Arc::new(Mutex::new(Idle(vec![first]))),
             permits: Arc::new(Semaphore::new(config.pool_size)),
             size: config.pool_size,
-            wait: Duration::from_millis(config.busy_timeout_ms),
+            wait,
             closed,
             listener: Mutex::new(Some(listener)),
         })
@@ -98,11 +119,11 @@ impl Pg {
         F: FnOnce(&WriteTx<'_>) -> Result<(T, Option<Notice>), E> + Send + 'static,
     {
         let permit = self.permit().await?;
-        let (pool, url, user) = (self.pool.clone(), self.url.clone(), user.to_string());
+        let (pool, url, user, wait) = (self.pool.clone(), self.url.clone(), user.to_string(), self.wait);
         // Runs to its end even if the caller stops waiting.
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let mut conn = take(&pool, &url)?;
+            let mut conn = take(&pool, &url, wait)?;
             let result = write_in(&mut conn, &user, f);
             give_back(&pool, conn);
             result
@@ -117,10 +138,10 @@ impl Pg {
         F: FnOnce(&ReadTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let permit = self.permit().await?;
-        let (pool, url) = (self.pool.clone(), self.url.clone());
+        let (pool, url, wait) = (self.pool.clone(), self.url.clone(), self.wait);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let mut conn = take(&pool, &url)?;
+            let mut conn = take(&pool, &url, wait)?;
             let result = conn
                 .client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -138,7 +159,7 @@ impl Pg {
         self.closed.store(true, Ordering::Relaxed);
         self.permits.close();
         if let Ok(mut pool) = self.pool.lock() {
-            pool.clear();
+            drop(std::mem::take(&mut *pool));
         }
         if let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) {
             let _ = listener.join();
@@ -166,20 +187,20 @@ impl Pg {
 }
 
 /// A pooled connection, or a new one when the pool is empty or the pooled one died.
-fn take(pool: &Mutex<Vec<PgConn>>, url: &str) -> Result<PgConn, StoreError> {
-    let pooled = pool.lock().map_err(|_| StoreError::closed())?.pop();
+fn take(pool: &Mutex<Idle>, url: &str, busy: Duration) -> Result<PgConn, StoreError> {
+    let pooled = pool.lock().map_err(|_| StoreError::closed())?.0.pop();
     match pooled {
         Some(conn) if !conn.client.is_closed() => Ok(conn),
-        _ => connect(url),
+        _ => connect(url, busy),
     }
 }
 
-fn give_back(pool: &Mutex<Vec<PgConn>>, conn: PgConn) {
+fn give_back(pool: &Mutex<Idle>, conn: PgConn) {
     if conn.client.is_closed() {
         return;
     }
     if let Ok(mut pool) = pool.lock() {
-        pool.push(conn);
+        pool.0.push(conn);
     }
 }
 

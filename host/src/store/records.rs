@@ -92,7 +92,7 @@ impl ReadTx<'_> {
         version: i64,
     ) -> Result<Option<RecordRow>, StoreError> {
         self.conn.first(
-            "SELECT entity, id, version, deleted, data, updated_at, 0 FROM record_history
+            "SELECT entity, id, version, deleted, data, updated_at, CAST(0 AS BIGINT) FROM record_history
              WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version = ?4",
             &[P::Text(user), P::Text(entity), P::Text(id), P::Int(version)],
             record_from,
