@@ -343,7 +343,7 @@ mod tests {
 
     async fn queued(store: &Store, n: usize) {
         for _ in 0..200 {
-            if lite(&store).queue.len() >= n {
+            if lite(store).queue.len() >= n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
