@@ -97,6 +97,10 @@ pub async fn memory() {
 /// conflict with all twenty, each with a pushId.
 pub async fn disk() {
     let server = Server::start().await;
+    if server.backend() != "sqlite" {
+        println!("attack disk: measured on SQLite (file sizes) only");
+        return;
+    }
     let client = reqwest::Client::new();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for i in 0..20 {
