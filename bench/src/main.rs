@@ -99,6 +99,7 @@ fn main() {
             Command::Policy { calls } => policy::per_call(calls),
             Command::Updates { records, batch } => updates(records, batch).await,
             Command::Attacks { seconds } => {
+                attacks::half_sent(500).await;
                 attacks::memory().await;
                 attacks::disk().await;
                 attacks::fairness(seconds).await;
