@@ -71,6 +71,37 @@ impl ReadTx<'_> {
         )
     }
 
+    /// The current versions of those of `ids` the user has (tombstones included).
+    pub fn records_of(&self, user: &str, entity: &str, ids: &[&str]) -> Result<Vec<RecordRow>, StoreError> {
+        let mut out = Vec::new();
+        for_chunks(ids, |chunk, list| {
+            let sql = format!("SELECT {RECORD} FROM records WHERE user_id = ?1 AND entity = ?2 AND id IN ({list})");
+            let mut params = vec![P::Text(user), P::Text(entity)];
+            params.extend(chunk.iter().map(|id| P::Text(id)));
+            out.extend(self.conn.all(&sql, &params, record_from)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Those of `ids` the user has a record of (tombstones included).
+    pub fn existing_ids(
+        &self,
+        user: &str,
+        entity: &str,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        for_chunks(ids, |chunk, list| {
+            let sql = format!("SELECT id FROM records WHERE user_id = ?1 AND entity = ?2 AND id IN ({list})");
+            let mut params = vec![P::Text(user), P::Text(entity)];
+            params.extend(chunk.iter().map(|id| P::Text(id)));
+            out.extend(self.conn.all(&sql, &params, |r| r.text(0))?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// True if the user has this record, even as a tombstone.
     pub fn record_exists(&self, user: &str, entity: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -154,6 +185,28 @@ impl ReadTx<'_> {
         })?;
         Ok((out, more))
     }
+}
+
+/// Runs `f` over `ids` in chunks of a few fixed sizes (padded by repeating
+/// the last id), so the prepared statements stay few: `f` gets the chunk and
+/// its `?3, ?4, …` placeholder list.
+fn for_chunks(
+    ids: &[&str],
+    mut f: impl FnMut(&[&str], &str) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    const SIZES: [usize; 4] = [1, 8, 64, 512];
+    let mut rest = ids;
+    while let Some(last) = rest.last().copied() {
+        let size = SIZES.iter().copied().find(|s| *s >= rest.len()).unwrap_or(SIZES[SIZES.len() - 1]);
+        let take = size.min(rest.len());
+        let mut chunk: Vec<&str> = rest[..take].to_vec();
+        let pad = if take < rest.len() { rest[take - 1] } else { last };
+        chunk.resize(size, pad);
+        let list: Vec<String> = (0..size).map(|i| format!("?{}", i + 3)).collect();
+        f(&chunk, &list.join(", "))?;
+        rest = &rest[take..];
+    }
+    Ok(())
 }
 
 impl WriteTx<'_> {

@@ -1,6 +1,6 @@
 //! Applying one push inside its write transaction (runs on the store's writer thread).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 
 use super::merge::MergeRules;
@@ -80,12 +80,20 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
         }
         json::push_str(&mut out, &ty.name);
         out.extend_from_slice(b":[");
+        // One query per type for the records the group touches, and one per
+        // reference field for the parents it names (a round trip per record
+        // is what a networked database pays most for).
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let mut current: HashMap<String, RecordRow> =
+            tx.records_of(user, &ty.name, &ids)?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let parents = known_parents(tx, user, ty, records, &fate)?;
         for (i, incoming) in records.iter().enumerate() {
-            let outcome = match check_refs(tx, user, ty, incoming, &fate)? {
+            let outcome = match check_refs(ty, incoming, &fate, &parents) {
                 Some(reason) => Outcome::Rejected(reason),
                 None => {
                     let at = Write { tx, user, ty, type_index: *type_index, now };
-                    decide_and_write(&at, rules, incoming, &mut seq, &mut delta)?
+                    let server = current.remove(&incoming.id);
+                    decide_and_write(&at, rules, incoming, server, &mut seq, &mut delta)?
                 }
             };
             // A child may only lean on a parent that exists once this push commits.
@@ -134,32 +142,55 @@ pub fn check_quotas(before: &Usage, delta: &Usage, quotas: &QuotaConfig) -> Resu
     Ok(())
 }
 
-/// A reason to reject when a reference names no record of this user, or a
-/// parent rejected earlier in this push; `None` when every reference holds.
-fn check_refs(
+/// The parents, per reference field, that the user already has among those
+/// the group names and this push has not decided on (parents of earlier
+/// types were decided before this group, so the answer cannot change).
+fn known_parents(
     tx: &WriteTx<'_>,
     user: &str,
     ty: &EntityType,
+    records: &[Incoming],
+    fate: &HashMap<(usize, &str), bool>,
+) -> Result<Vec<HashSet<String>>, StoreError> {
+    let mut out = Vec::with_capacity(ty.refs.len());
+    for (k, r) in ty.refs.iter().enumerate() {
+        let mut named: Vec<&str> = records
+            .iter()
+            .filter_map(|rec| rec.refs.get(k).and_then(Option::as_deref))
+            .filter(|p| !fate.contains_key(&(r.target_index, *p)))
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        out.push(tx.existing_ids(user, &r.target, &named)?);
+    }
+    Ok(out)
+}
+
+/// A reason to reject when a reference names no record of this user, or a
+/// parent rejected earlier in this push; `None` when every reference holds.
+fn check_refs(
+    ty: &EntityType,
     incoming: &Incoming,
     fate: &HashMap<(usize, &str), bool>,
-) -> Result<Option<String>, StoreError> {
-    for (r, value) in ty.refs.iter().zip(&incoming.refs) {
+    known: &[HashSet<String>],
+) -> Option<String> {
+    for (k, (r, value)) in ty.refs.iter().zip(&incoming.refs).enumerate() {
         let Some(parent) = value else { continue };
         match fate.get(&(r.target_index, parent.as_str())) {
             Some(true) => continue,
             Some(false) => {
-                return Ok(Some(format!(
+                return Some(format!(
                     "{} names {} {parent:?}, which this push did not store (rejected or in conflict)",
                     r.field, r.target
-                )));
+                ));
             }
             None => {}
         }
-        if !tx.record_exists(user, &r.target, parent)? {
-            return Ok(Some(format!("{} names no {} record {parent:?}", r.field, r.target)));
+        if !known.get(k).is_some_and(|set| set.contains(parent.as_str())) {
+            return Some(format!("{} names no {} record {parent:?}", r.field, r.target));
         }
     }
-    Ok(None)
+    None
 }
 
 /// Where one record is written.
@@ -171,15 +202,16 @@ struct Write<'a, 't> {
     now: i64,
 }
 
+/// Decides one record against `server`, its current version (if any), and writes the outcome.
 fn decide_and_write(
     at: &Write<'_, '_>,
     rules: &dyn MergeRules,
     incoming: &Incoming,
+    server: Option<RecordRow>,
     seq: &mut i64,
     delta: &mut Usage,
 ) -> Result<Outcome, StoreError> {
     let Write { tx, user, ty, type_index, now } = *at;
-    let server = tx.record(user, &ty.name, &incoming.id)?;
     if let Some(s) = &server
         && s.version == incoming.version
         && s.deleted == incoming.deleted
