@@ -11,6 +11,7 @@ mod http_basics;
 mod jwt;
 mod keys;
 mod migrations;
+mod multi_host;
 mod policies;
 mod request_ids;
 mod sync_crash;
