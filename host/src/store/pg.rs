@@ -177,7 +177,7 @@ impl Pg {
 }
 
 /// An error and its causes, `: `-separated ("error connecting to server: Connection refused").
-fn with_causes(e: &dyn std::error::Error) -> String {
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -191,7 +191,7 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 }
 
 /// A PostgreSQL URL without its password.
-fn describe(url: &str) -> String {
+pub(super) fn describe(url: &str) -> String {
     match url.parse::<postgres::Config>() {
         Ok(c) => {
             let host = c

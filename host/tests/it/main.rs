@@ -10,6 +10,7 @@ mod hardening;
 mod http_basics;
 mod jwt;
 mod keys;
+mod migrate_store;
 mod migrations;
 mod multi_host;
 mod policies;
