@@ -45,6 +45,9 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 10)]
         records_per_push: usize,
+        /// Servers on one database (more than one needs ACCORD_BENCH_PG); clients are spread over them.
+        #[arg(long, default_value_t = 1)]
+        hosts: usize,
     },
     /// The ceiling: raw rusqlite writing and reading the same rows, no HTTP.
     RawSqlite {
@@ -73,9 +76,9 @@ enum Command {
     },
     /// Everything above with default arguments.
     All,
-    /// (internal) run the server on a database and print its address.
+    /// (internal) run the server on a database (a SQLite path or a postgres:// URL) and print its address.
     #[command(hide = true)]
-    Server { db: PathBuf },
+    Server { db: String },
 }
 
 fn main() {
@@ -89,13 +92,14 @@ fn main() {
                     first_sync(n, batch, page).await;
                 }
             }
-            Command::Concurrent { clients, seconds, records_per_push } => {
-                concurrent(clients, seconds, records_per_push).await;
+            Command::Concurrent { clients, seconds, records_per_push, hosts } => {
+                concurrent(clients, seconds, records_per_push, hosts).await;
             }
             Command::RawSqlite { records, batch } => raw_sqlite(records, batch),
             Command::Policy { calls } => policy::per_call(calls),
             Command::Updates { records, batch } => updates(records, batch).await,
             Command::Attacks { seconds } => {
+                attacks::half_sent(500).await;
                 attacks::memory().await;
                 attacks::disk().await;
                 attacks::fairness(seconds).await;
@@ -104,7 +108,7 @@ fn main() {
                 raw_sqlite(100_000, 500);
                 first_sync(10_000, 500, 1000).await;
                 first_sync(100_000, 500, 1000).await;
-                concurrent(16, 10, 10).await;
+                concurrent(16, 10, 10, 1).await;
                 policy::per_call(20_000);
                 updates(20_000, 500).await;
                 attacks::memory().await;
@@ -115,53 +119,106 @@ fn main() {
     });
 }
 
-async fn run_server(db: PathBuf) {
+async fn run_server(db: String) {
     let mut config = Config::default();
-    config.database.path = db;
+    if db.starts_with("postgres") {
+        config.database.url = Some(db);
+    } else {
+        config.database.path = PathBuf::from(db);
+    }
     let store = accord::server::open_store(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("listening {}", listener.local_addr().unwrap());
     accord::server::serve_on(config, store, listener, accord::server::shutdown_signal()).await.unwrap();
 }
 
-/// A server child process on a fresh database, with a key for user `bench`.
+/// The database of a bench server: a SQLite file in `dir`, or, when
+/// `ACCORD_BENCH_PG` names a PostgreSQL server (an admin URL such as
+/// `postgres://postgres@127.0.0.1:5432/postgres`), a fresh database there.
+fn bench_config(dir: &Path) -> Config {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut config = Config::default();
+    config.database.path = dir.join("bench.db");
+    if let Ok(admin) = std::env::var("ACCORD_BENCH_PG") {
+        let name =
+            format!("accord_bench_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let create = format!("CREATE DATABASE {name}");
+        let admin_url = admin.clone();
+        // The synchronous client must not run on the async runtime's threads.
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+            client.batch_execute(&create).unwrap();
+        })
+        .join()
+        .unwrap();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        config.database.url = Some(format!("{base}/{name}"));
+    }
+    config
+}
+
+/// A server child process on a fresh database, with a key for user `bench`;
+/// with `hosts > 1` (PostgreSQL), more servers on the same database.
 struct Server {
     child: tokio::process::Child,
     base: String,
     key: String,
     db: PathBuf,
+    config: Config,
+    others: Vec<(tokio::process::Child, String)>,
     _dir: tempfile::TempDir,
+}
+
+async fn spawn_server(target: &str) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .arg("server")
+        .arg(target)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let addr = line.strip_prefix("listening ").unwrap().to_string();
+    (child, format!("http://{addr}"))
 }
 
 impl Server {
     async fn start() -> Server {
+        Server::start_hosts(1).await
+    }
+
+    async fn start_hosts(hosts: usize) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("bench.db");
-        let mut config = Config::default();
-        config.database.path = db.clone();
+        let config = bench_config(dir.path());
+        let db = config.database.path.clone();
         let store = accord::server::open_store(&config).await.unwrap();
         let (_, key) =
             apikey::issue(&store, "bench", "bench", &[Scope::SyncRead, Scope::SyncWrite], None).await.unwrap();
         store.close().await;
-        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .arg("server")
-            .arg(&db)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
-        let addr = line.strip_prefix("listening ").unwrap().to_string();
-        Server { child, base: format!("http://{addr}"), key, db, _dir: dir }
+        let target = config.database.url.clone().unwrap_or_else(|| db.display().to_string());
+        let (child, base) = spawn_server(&target).await;
+        let mut others = Vec::new();
+        for _ in 1..hosts {
+            others.push(spawn_server(&target).await);
+        }
+        Server { child, base, key, db, config, others, _dir: dir }
+    }
+
+    /// Every host's base URL.
+    fn bases(&self) -> Vec<String> {
+        std::iter::once(self.base.clone()).chain(self.others.iter().map(|(_, b)| b.clone())).collect()
+    }
+
+    /// The backend, for reports.
+    fn backend(&self) -> &'static str {
+        if self.config.database.url.is_some() { "postgres" } else { "sqlite" }
     }
 
     /// A key for another user, made through the HTTP API's CLI twin (the store, while the server runs).
     async fn key_for(&self, user: &str) -> String {
-        let mut config = Config::default();
-        config.database.path = self.db.clone();
-        let store = accord::server::open_store(&config).await.unwrap();
+        let store = accord::server::open_store(&self.config).await.unwrap();
         let (_, key) = apikey::issue(&store, user, user, &[Scope::SyncRead, Scope::SyncWrite], None).await.unwrap();
         store.close().await;
         key
@@ -266,8 +323,9 @@ async fn first_sync(n: usize, batch: usize, page: usize) {
     let pull_secs = started.elapsed().as_secs_f64();
     assert_eq!(pulled, n, "pulled back every record");
     println!(
-        "first-sync n={n} batch={batch} page={page} body={:.1} MB: push {:.0} records/s ({push_secs:.2} s), \
+        "first-sync {} n={n} batch={batch} page={page} body={:.1} MB: push {:.0} records/s ({push_secs:.2} s), \
          pull {:.0} records/s ({pull_secs:.2} s), server peak RSS {:.0} MiB",
+        server.backend(),
         bytes as f64 / 1e6,
         n as f64 / push_secs,
         n as f64 / pull_secs,
@@ -275,14 +333,15 @@ async fn first_sync(n: usize, batch: usize, page: usize) {
     );
 }
 
-async fn concurrent(clients: usize, seconds: u64, per_push: usize) {
-    let server = Server::start().await;
+async fn concurrent(clients: usize, seconds: u64, per_push: usize, hosts: usize) {
+    let server = Server::start_hosts(hosts).await;
+    let bases = server.bases();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (client, base, key) = (client.clone(), server.base.clone(), server.key.clone());
+        let (client, base, key) = (client.clone(), bases[c % bases.len()].clone(), server.key.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             // Bounded by time and by count.
@@ -308,8 +367,9 @@ async fn concurrent(clients: usize, seconds: u64, per_push: usize) {
     all.sort();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
     println!(
-        "concurrent clients={clients} records/push={per_push} {secs:.1} s: {:.0} pushes/s, p50 {:.1} ms, p99 {:.1} ms, \
-         server peak RSS {:.0} MiB",
+        "concurrent {} hosts={hosts} clients={clients} records/push={per_push} {secs:.1} s: {:.0} pushes/s, \
+         p50 {:.1} ms, p99 {:.1} ms, server peak RSS {:.0} MiB",
+        server.backend(),
         all.len() as f64 / secs,
         pct(0.50),
         pct(0.99),

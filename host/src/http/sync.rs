@@ -32,6 +32,7 @@ pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) 
     let mut stream = body.into_data_stream();
     let budget = state.sync.body_budget();
     let mut buf = budget.start();
+    let mut since_yield = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             if let Some(timeout) = super::limits::body_timeout(&e) {
@@ -47,6 +48,13 @@ pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) 
             )));
         }
         budget.extend(&mut buf, &chunk, limit)?;
+        // A gzip body inflates without ever waiting on the socket: give other
+        // requests on this worker a turn every 256 KiB.
+        since_yield += chunk.len();
+        if since_yield >= 256 * 1024 {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
     let response = state.sync.push(&caller.user_id, buf).await?;
     Ok(json_response(response))
