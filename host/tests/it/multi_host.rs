@@ -332,7 +332,6 @@ async fn killing_a_host_mid_push_loses_nothing_it_acknowledged() {
     let clients: Vec<_> = (0..4)
         .map(|c| {
             let (a_url, key, client) = (a_url.clone(), key.clone(), hosts.client.clone());
-            let body = body.clone();
             tokio::spawn(async move {
                 let mut outcomes = Vec::new();
                 for n in 0..1000 {
