@@ -1,4 +1,4 @@
-//! The `accord` command line: serve, migrate, check-config, keys.
+//! The `accord` command line: serve, migrate, migrate-store, check-config, keys.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +36,17 @@ enum Command {
     /// Invalidate every client's pull cursor (they get 410 and pull from the beginning).
     /// Run it, with the server stopped, after restoring a database backup.
     ResetCursors,
+    /// Copy a SQLite database into an empty PostgreSQL database (users, keys, records,
+    /// history, conflicts, pushIds and the cursor epoch), so clients carry on unchanged.
+    /// Stop the servers first; then point `database.url` at the target.
+    MigrateStore {
+        /// The SQLite database file to copy (migrated to this binary's schema first).
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// The PostgreSQL database to fill: postgres://user[:password]@host[:port]/name. It must be empty.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Manage API keys directly in the database (works while the server runs).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -188,6 +199,23 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             let epoch = store.write(|tx| tx.new_epoch()).await.map_err(|e| e.to_string());
             store.close().await;
             println!("new database epoch {}: clients will pull again from the beginning", epoch?);
+            Ok(())
+        }
+        Command::MigrateStore { from, to } => {
+            if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+                return Err(Failure::Config(format!("--to {to:?}: expected a postgres:// URL")));
+            }
+            let source = from.display().to_string();
+            let copied = tokio::task::spawn_blocking(move || store::sqlite_to_postgres(&from, &to))
+                .await
+                .map_err(|e| Failure::Other(format!("the copy failed: {e}")))?
+                .map_err(|e| format!("migrate-store: {e}"))?;
+            println!("copied {source} into {}:", copied.target);
+            for (table, rows) in &copied.tables {
+                println!("  {table:<16} {rows:>10} rows");
+            }
+            println!("  epoch {} kept: clients' cursors stay valid", copied.epoch);
+            println!("next: set database.url to this database and start the servers");
             Ok(())
         }
         Command::CheckConfig => {

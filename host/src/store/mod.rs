@@ -21,6 +21,7 @@
 //! still waiting: a dropped HTTP request never leaves half a job written.
 
 mod conflicts;
+mod copy;
 mod keys;
 mod lite;
 mod migrate;
@@ -39,6 +40,7 @@ use crate::config::DatabaseConfig;
 
 pub use crate::model::now_ms;
 pub use conflicts::{ConflictRow, ConflictStatus, NewConflict};
+pub use copy::{Copied, sqlite_to_postgres};
 pub use keys::{ApiKeyRow, NewApiKey};
 pub use migrate::latest_version;
 pub use pushlog::{LoggedPush, StoredResponse};

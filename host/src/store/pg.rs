@@ -65,7 +65,7 @@ pub struct Pg {
 /// `busy_timeout_ms`, then the request is answered `503 database busy`.
 fn connect(url: &str, busy: Duration) -> Result<PgConn, StoreError> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)
-        .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {}", with_causes(&e))))?;
     client.batch_execute(&format!(
         "SET client_min_messages TO warning; SET lock_timeout = {}",
         busy.as_millis().max(1)
@@ -76,7 +76,11 @@ fn connect(url: &str, busy: Duration) -> Result<PgConn, StoreError> {
 impl Pg {
     pub fn open(url: &str, config: &DatabaseConfig, notices: broadcast::Sender<Notice>) -> Result<Pg, StoreError> {
         let wait = Duration::from_millis(config.busy_timeout_ms);
-        let mut first = connect(url, wait)?;
+        // At startup, say which setting leads to the database that cannot be reached.
+        let mut first = connect(url, wait).map_err(|e| match e {
+            StoreError::Unavailable(m) => StoreError::Unavailable(format!("database.url = {}: {m}", describe(url))),
+            other => other,
+        })?;
         migrate::migrate_pg(&mut first.client)?;
         let closed = Arc::new(AtomicBool::new(false));
         let listener = {
@@ -168,21 +172,40 @@ impl Pg {
 
     /// The URL without its password.
     pub fn describe(&self) -> String {
-        match self.url.parse::<postgres::Config>() {
-            Ok(c) => {
-                let host = c
-                    .get_hosts()
-                    .first()
-                    .map(|h| match h {
-                        postgres::config::Host::Tcp(name) => name.clone(),
-                        postgres::config::Host::Unix(path) => path.display().to_string(),
-                    })
-                    .unwrap_or_default();
-                let port = c.get_ports().first().copied().unwrap_or(5432);
-                format!("postgres://{}@{host}:{port}/{}", c.get_user().unwrap_or(""), c.get_dbname().unwrap_or(""))
-            }
-            Err(_) => "postgres://…".into(),
+        describe(&self.url)
+    }
+}
+
+/// An error and its causes, `: `-separated ("error connecting to server: Connection refused").
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text = format!("{text}: {cause_text}");
         }
+        source = cause.source();
+    }
+    text
+}
+
+/// A PostgreSQL URL without its password.
+pub(super) fn describe(url: &str) -> String {
+    match url.parse::<postgres::Config>() {
+        Ok(c) => {
+            let host = c
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(name) => name.clone(),
+                    postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .unwrap_or_default();
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            format!("postgres://{}@{host}:{port}/{}", c.get_user().unwrap_or(""), c.get_dbname().unwrap_or(""))
+        }
+        Err(_) => "postgres://…".into(),
     }
 }
 

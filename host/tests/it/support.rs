@@ -55,6 +55,16 @@ pub fn sqlite_only(why: &str) -> bool {
     skip
 }
 
+/// For a test that needs PostgreSQL (several hosts on one database, the
+/// change listener): on SQLite, says so and returns true (the test then returns).
+pub fn postgres_only(why: &str) -> bool {
+    let skip = backend() == Backend::Sqlite;
+    if skip {
+        println!("skipped on SQLite: needs PostgreSQL (ACCORD_TEST_BACKEND=postgres): {why}");
+    }
+    skip
+}
+
 /// The variable a CLI child or a `serve` process needs to reach a database:
 /// `ACCORD_DATABASE__URL` on PostgreSQL, else `ACCORD_DATABASE__PATH`.
 pub struct DbEnv {

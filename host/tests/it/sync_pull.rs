@@ -229,7 +229,7 @@ async fn users_never_see_each_other() {
 
 /// Reads SSE frames from a response until one names `event`, or the timeout passes.
 /// Every frame read is appended to `log`.
-async fn next_event(
+pub(crate) async fn next_event(
     stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
     buf: &mut String,
     log: &mut String,
