@@ -60,7 +60,7 @@ impl Lite {
             let result = conn
                 .execute_batch("BEGIN")
                 .map_err(StoreError::from)
-                .and_then(|()| f(&ReadTx { conn: Conn::Lite(&conn) }));
+                .and_then(|()| f(&ReadTx { conn: Conn::lite(&conn) }));
             let _ = conn.execute_batch("ROLLBACK");
             if let Ok(mut pool) = readers.lock()
                 && pool.len() < config.readers

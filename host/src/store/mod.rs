@@ -265,7 +265,9 @@ where
 {
     fn run(self: Box<Self>, conn: &rusqlite::Connection) -> writer::Ran {
         let Pending { f, tx, notices } = *self;
-        match f(&WriteTx::new(sql::Conn::Lite(conn))) {
+        let write = WriteTx::new(sql::Conn::lite(conn));
+        let outcome = f(&write).and_then(|done| write.conn.flush().map(|()| done).map_err(E::from));
+        match outcome {
             Ok((value, notice)) => writer::Ran {
                 keep: true,
                 finish: Box::new(move |committed| {

@@ -15,7 +15,6 @@
 //!   missing changes made meanwhile.
 //! - Reads run in a `REPEATABLE READ, READ ONLY` transaction: one snapshot.
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -150,7 +149,7 @@ impl Pg {
                 .client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .map_err(StoreError::from)
-                .and_then(|()| f(&ReadTx { conn: Conn::Pg(RefCell::new(&mut conn)) }));
+                .and_then(|()| f(&ReadTx { conn: Conn::pg(&mut conn) }));
             let _ = conn.client.batch_execute("ROLLBACK");
             give_back(&pool, conn);
             result
@@ -242,7 +241,10 @@ where
             return Err(store(e));
         }
     }
-    let outcome = f(&WriteTx::new(Conn::Pg(RefCell::new(&mut *conn))));
+    let outcome = {
+        let write = WriteTx::new(Conn::pg(&mut *conn));
+        f(&write).and_then(|done| write.conn.flush().map(|()| done).map_err(E::from))
+    };
     let (value, notice) = match outcome {
         Ok(done) => done,
         Err(e) => {

@@ -259,11 +259,8 @@ impl WriteTx<'_> {
             P::Int(new.seq),
         ];
         let Some(old) = previous else {
-            self.conn.exec(
-                "INSERT INTO records (user_id, entity, id, version, deleted, data, updated_at, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                &row,
-            )?;
+            // Written with the job's other new records, many per statement.
+            self.conn.insert_record(user, new);
             return Ok(());
         };
         if keep > 0 || self.version_pinned(user, &old.entity, &old.id, old.version)? {

@@ -152,18 +152,99 @@ fn pg_dialect(sql: &str) -> String {
     out
 }
 
-/// The connection a transaction runs on.
-pub enum Conn<'c> {
+/// The driver connection underneath.
+pub enum Db<'c> {
     Lite(&'c rusqlite::Connection),
     Pg(RefCell<&'c mut PgConn>),
 }
 
+/// A record waiting to be inserted: (user, row).
+type Insert = (String, super::RecordRow);
+
+/// Multi-row insert sizes: a batch is cut greedily into these.
+const INSERT_BATCHES: [usize; 3] = [64, 8, 1];
+
+/// The connection a transaction runs on. Inserts of new records are held
+/// back and written many rows per statement, before any other statement
+/// runs and when the job ends (`flush`), so what a job reads always
+/// includes what it wrote.
+pub struct Conn<'c> {
+    db: Db<'c>,
+    inserts: RefCell<Vec<Insert>>,
+}
+
+impl<'c> Conn<'c> {
+    pub fn lite(conn: &'c rusqlite::Connection) -> Conn<'c> {
+        Conn { db: Db::Lite(conn), inserts: RefCell::new(Vec::new()) }
+    }
+
+    pub fn pg(conn: &'c mut PgConn) -> Conn<'c> {
+        Conn { db: Db::Pg(RefCell::new(conn)), inserts: RefCell::new(Vec::new()) }
+    }
+}
+
 impl Conn<'_> {
+    /// Queues a new record for insertion (see `flush`).
+    pub fn insert_record(&self, user: &str, row: &super::RecordRow) {
+        self.inserts.borrow_mut().push((user.to_string(), row.clone()));
+    }
+
+    /// Writes the queued inserts, many rows per statement.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut *self.inserts.borrow_mut());
+        let mut rest = pending.as_slice();
+        while !rest.is_empty() {
+            let size = INSERT_BATCHES.iter().copied().find(|s| *s <= rest.len()).unwrap_or(1);
+            let (batch, tail) = rest.split_at(size);
+            let values: Vec<String> = (0..size)
+                .map(|i| {
+                    let b = i * 8;
+                    format!(
+                        "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO records (user_id, entity, id, version, deleted, data, updated_at, seq) VALUES {}",
+                values.join(", ")
+            );
+            let mut params = Vec::with_capacity(size * 8);
+            for (user, r) in batch {
+                params.extend([
+                    P::Text(user),
+                    P::Text(&r.entity),
+                    P::Text(&r.id),
+                    P::Int(r.version),
+                    P::Int(i64::from(r.deleted)),
+                    P::Text(&r.data),
+                    P::Int(r.updated_at),
+                    P::Int(r.seq),
+                ]);
+            }
+            self.run(&sql, &params)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
     /// Runs a statement; returns the number of rows it changed.
     pub fn exec(&self, sql: &str, params: &[P<'_>]) -> Result<usize, StoreError> {
-        match self {
-            Conn::Lite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params))?),
-            Conn::Pg(c) => {
+        self.flush()?;
+        self.run(sql, params)
+    }
+
+    fn run(&self, sql: &str, params: &[P<'_>]) -> Result<usize, StoreError> {
+        match &self.db {
+            Db::Lite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params))?),
+            Db::Pg(c) => {
                 let mut c = c.borrow_mut();
                 let stmt = c.prepare(sql)?;
                 let refs: Vec<&(dyn PgToSql + Sync)> = params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
@@ -179,8 +260,9 @@ impl Conn<'_> {
         params: &[P<'_>],
         mut f: impl FnMut(&dyn Row) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        match self {
-            Conn::Lite(c) => {
+        self.flush()?;
+        match &self.db {
+            Db::Lite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
                 let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
                 while let Some(row) = rows.next()? {
@@ -190,7 +272,7 @@ impl Conn<'_> {
                 }
                 Ok(())
             }
-            Conn::Pg(c) => {
+            Db::Pg(c) => {
                 let mut c = c.borrow_mut();
                 let stmt = c.prepare(sql)?;
                 let refs: Vec<&(dyn PgToSql + Sync)> = params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
