@@ -162,7 +162,7 @@ pub enum Db<'c> {
 type Insert = (String, super::RecordRow);
 
 /// Multi-row insert sizes: a batch is cut greedily into these.
-const INSERT_BATCHES: [usize; 3] = [64, 8, 1];
+const INSERT_BATCHES: [usize; 4] = [256, 64, 8, 1];
 
 /// The connection a transaction runs on. Inserts of new records are held
 /// back and written many rows per statement, before any other statement
