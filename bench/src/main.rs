@@ -48,6 +48,9 @@ enum Command {
         /// Servers on one database (more than one needs ACCORD_BENCH_PG); clients are spread over them.
         #[arg(long, default_value_t = 1)]
         hosts: usize,
+        /// Every client is a user of its own (default: all clients are one user's devices).
+        #[arg(long)]
+        distinct_users: bool,
     },
     /// The ceiling: raw rusqlite writing and reading the same rows, no HTTP.
     RawSqlite {
@@ -92,8 +95,8 @@ fn main() {
                     first_sync(n, batch, page).await;
                 }
             }
-            Command::Concurrent { clients, seconds, records_per_push, hosts } => {
-                concurrent(clients, seconds, records_per_push, hosts).await;
+            Command::Concurrent { clients, seconds, records_per_push, hosts, distinct_users } => {
+                concurrent(clients, seconds, records_per_push, hosts, distinct_users).await;
             }
             Command::RawSqlite { records, batch } => raw_sqlite(records, batch),
             Command::Policy { calls } => policy::per_call(calls),
@@ -108,7 +111,7 @@ fn main() {
                 raw_sqlite(100_000, 500);
                 first_sync(10_000, 500, 1000).await;
                 first_sync(100_000, 500, 1000).await;
-                concurrent(16, 10, 10, 1).await;
+                concurrent(16, 10, 10, 1, false).await;
                 policy::per_call(20_000);
                 updates(20_000, 500).await;
                 attacks::memory().await;
@@ -333,15 +336,19 @@ async fn first_sync(n: usize, batch: usize, page: usize) {
     );
 }
 
-async fn concurrent(clients: usize, seconds: u64, per_push: usize, hosts: usize) {
+async fn concurrent(clients: usize, seconds: u64, per_push: usize, hosts: usize, distinct_users: bool) {
     let server = Server::start_hosts(hosts).await;
     let bases = server.bases();
+    let mut keys = Vec::new();
+    for c in 0..clients {
+        keys.push(if distinct_users { server.key_for(&format!("user{c}")).await } else { server.key.clone() });
+    }
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (client, base, key) = (client.clone(), bases[c % bases.len()].clone(), server.key.clone());
+        let (client, base, key) = (client.clone(), bases[c % bases.len()].clone(), keys[c].clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             // Bounded by time and by count.
@@ -367,7 +374,7 @@ async fn concurrent(clients: usize, seconds: u64, per_push: usize, hosts: usize)
     all.sort();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
     println!(
-        "concurrent {} hosts={hosts} clients={clients} records/push={per_push} {secs:.1} s: {:.0} pushes/s, \
+        "concurrent {} hosts={hosts} clients={clients} distinct_users={distinct_users} records/push={per_push} {secs:.1} s: {:.0} pushes/s, \
          p50 {:.1} ms, p99 {:.1} ms, server peak RSS {:.0} MiB",
         server.backend(),
         all.len() as f64 / secs,
