@@ -87,18 +87,7 @@ impl ReadTx<'_> {
             P::OptText(entity),
             P::Int(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)),
         ];
-        let (mut out, mut bytes, mut more) = (Vec::new(), 0usize, false);
-        self.conn.each(&sql, &params, |row| {
-            if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
-                more = true;
-                return Ok(false);
-            }
-            let conflict = from_row(row)?;
-            bytes += conflict.incoming.len() + conflict.reason.len() + 128;
-            out.push(conflict);
-            Ok(true)
-        })?;
-        Ok((out, more))
+        self.conn.page(&sql, &params, (limit, max_bytes), from_row, |c| c.incoming.len() + c.reason.len() + 128)
     }
 
     pub fn conflict(&self, user: &str, id: &str) -> Result<Option<ConflictRow>, StoreError> {

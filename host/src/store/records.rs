@@ -25,6 +25,20 @@ pub struct UserState {
 
 const RECORD: &str = "entity, id, version, deleted, data, updated_at, seq";
 
+/// A record as the 8 parameters of `(user_id, entity, id, version, deleted, data, updated_at, seq)`.
+pub(super) fn record_params<'a>(user: &'a str, r: &'a RecordRow) -> [P<'a>; 8] {
+    [
+        P::Text(user),
+        P::Text(&r.entity),
+        P::Text(&r.id),
+        P::Int(r.version),
+        P::Int(i64::from(r.deleted)),
+        P::Text(&r.data),
+        P::Int(r.updated_at),
+        P::Int(r.seq),
+    ]
+}
+
 fn record_from(r: &dyn Row) -> Result<RecordRow, StoreError> {
     Ok(RecordRow {
         entity: r.text(0)?,
@@ -172,18 +186,7 @@ impl ReadTx<'_> {
         sql.push_str(" ORDER BY seq LIMIT ?3");
         params.push(P::Int(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)));
         params.extend(types.iter().map(|t| P::Text(t)));
-        let (mut out, mut bytes, mut more) = (Vec::new(), 0usize, false);
-        self.conn.each(&sql, &params, |row| {
-            if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
-                more = true;
-                return Ok(false);
-            }
-            let record = record_from(row)?;
-            bytes += record.data.len() + record.id.len() + 64;
-            out.push(record);
-            Ok(true)
-        })?;
-        Ok((out, more))
+        self.conn.page(&sql, &params, (limit, max_bytes), record_from, |r| r.data.len() + r.id.len() + 64)
     }
 }
 
@@ -248,16 +251,7 @@ impl WriteTx<'_> {
         previous: Option<&RecordRow>,
         keep: u32,
     ) -> Result<(), StoreError> {
-        let row = [
-            P::Text(user),
-            P::Text(&new.entity),
-            P::Text(&new.id),
-            P::Int(new.version),
-            P::Int(i64::from(new.deleted)),
-            P::Text(&new.data),
-            P::Int(new.updated_at),
-            P::Int(new.seq),
-        ];
+        let row = record_params(user, new);
         let Some(old) = previous else {
             // Written with the job's other new records, many per statement.
             self.conn.insert_record(user, new);

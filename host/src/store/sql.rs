@@ -218,16 +218,7 @@ impl Conn<'_> {
             );
             let mut params = Vec::with_capacity(size * 8);
             for (user, r) in batch {
-                params.extend([
-                    P::Text(user),
-                    P::Text(&r.entity),
-                    P::Text(&r.id),
-                    P::Int(r.version),
-                    P::Int(i64::from(r.deleted)),
-                    P::Text(&r.data),
-                    P::Int(r.updated_at),
-                    P::Int(r.seq),
-                ]);
+                params.extend(super::records::record_params(user, r));
             }
             self.run(&sql, &params)?;
             rest = tail;
@@ -285,6 +276,31 @@ impl Conn<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// One page: at most `limit` rows and, past the first, about `max_bytes`
+    /// (as `size` counts a row). The statement must fetch one row more than
+    /// `limit` (`LIMIT limit + 1`) so the page knows whether more follow.
+    pub fn page<T>(
+        &self,
+        sql: &str,
+        params: &[P<'_>],
+        (limit, max_bytes): (usize, usize),
+        read: impl Fn(&dyn Row) -> Result<T, StoreError>,
+        size: impl Fn(&T) -> usize,
+    ) -> Result<(Vec<T>, bool), StoreError> {
+        let (mut out, mut bytes, mut more) = (Vec::new(), 0usize, false);
+        self.each(sql, params, |row| {
+            if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
+                more = true;
+                return Ok(false);
+            }
+            let item = read(row)?;
+            bytes += size(&item);
+            out.push(item);
+            Ok(true)
+        })?;
+        Ok((out, more))
     }
 
     /// Every row, each read by `f`.
