@@ -39,12 +39,15 @@ pub struct AuthConfig {
     /// Failed authentications one client address may make per minute (a
     /// bucket of this many, refilled at this rate); beyond it, `429`. 0 disables.
     pub failed_per_minute: u32,
+    /// Keys one user may hold that are not revoked; a user may hold ten times
+    /// as many in all (revoked ones stay listed). Beyond: `409`.
+    pub max_keys_per_user: usize,
     pub jwt: JwtConfig,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { failed_per_minute: 20, jwt: JwtConfig::default() }
+        Self { failed_per_minute: 20, max_keys_per_user: 100, jwt: JwtConfig::default() }
     }
 }
 
@@ -490,6 +493,9 @@ impl Config {
         }
         if self.database.readers == 0 {
             return bad("database.readers", "must be at least 1");
+        }
+        if self.auth.max_keys_per_user == 0 {
+            return bad("auth.max_keys_per_user", "must be at least 1");
         }
         if self.database.pool_size == 0 {
             return bad("database.pool_size", "must be at least 1");

@@ -105,6 +105,18 @@ pub async fn create(
             )));
         }
     }
+    // What one user can make the server keep is bounded (checked before
+    // creating: concurrent creations may pass it by their number).
+    let cap = state.config.auth.max_keys_per_user;
+    let user = caller.user_id.clone();
+    let (active, all) = state.store.read(move |tx| tx.api_key_counts(&user)).await?;
+    if active >= cap || all >= cap.saturating_mul(10) {
+        return Err(ApiError::Conflict(format!(
+            "this user already has {active} keys not revoked and {all} in all; the limits are {cap} and {} \
+             (auth.max_keys_per_user): revoke keys you no longer use",
+            cap.saturating_mul(10)
+        )));
+    }
     let (row, raw) =
         apikey::issue(&state.store, &caller.user_id, &name, &scopes, body.expires_at).await.map_err(|e| match e {
             apikey::IssueError::Store(e) => ApiError::from(e),

@@ -65,6 +65,18 @@ impl ReadTx<'_> {
         Ok(matches!(row, Some((None, expires)) if expires.is_none_or(|t| t > now)))
     }
 
+    /// How many keys the user has: (not revoked, all).
+    pub fn api_key_counts(&self, user_id: &str) -> Result<(usize, usize), StoreError> {
+        let counts = self.conn.first(
+            "SELECT count(*), count(revoked_at) FROM api_keys WHERE user_id = ?1",
+            &[P::Text(user_id)],
+            |r| Ok((r.int(0)?, r.int(1)?)),
+        )?;
+        let (all, revoked) = counts.unwrap_or((0, 0));
+        let n = |v: i64| usize::try_from(v).unwrap_or(usize::MAX);
+        Ok((n(all - revoked), n(all)))
+    }
+
     /// The keys of one user, oldest first, revoked ones included.
     pub fn api_keys_of(&self, user_id: &str) -> Result<Vec<ApiKeyRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE user_id = ?1 ORDER BY created_at, id");

@@ -330,3 +330,39 @@ async fn an_expiring_key_creates_only_keys_that_expire_no_later() {
     let r = server.post("/api/api-keys", ci, &json!({"name": "ok", "scopes": ["sync:read"], "expiresAt": inside}));
     assert_eq!(r.send().await.unwrap().status(), 201);
 }
+
+#[tokio::test]
+async fn keys_per_user_are_bounded() {
+    let server = TestServer::start_with(|c| c.auth.max_keys_per_user = 3).await;
+    let key = server.cli_key("alice", &[]);
+    let create =
+        |name: String| server.post("/api/api-keys", &key, &json!({"name": name, "scopes": ["sync:read"]})).send();
+    // The CLI key is one of three; two more fit, the fourth is refused.
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let r = create(format!("k{i}")).await.unwrap();
+        assert_eq!(r.status(), 201);
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let problem = expect_problem(create("k2".into()).await.unwrap(), 409).await;
+    assert!(problem["detail"].as_str().unwrap().contains("auth.max_keys_per_user"), "{problem}");
+    // Revoking frees a slot, but revoked keys count towards ten times the limit in all.
+    let mut made = 3;
+    for round in 0..40 {
+        let id = ids.pop().unwrap();
+        assert_eq!(server.delete(&format!("/api/api-keys/{id}"), &key).send().await.unwrap().status(), 204);
+        let r = create(format!("r{round}")).await.unwrap();
+        if r.status() == 409 {
+            break;
+        }
+        assert_eq!(r.status(), 201);
+        made += 1;
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(made, 30, "thirty keys in all, revoked ones included");
+    assert!(list(&server, &key).await.len() <= 30);
+    // Another user has limits of their own.
+    let bob = server.cli_key("bob", &[]);
+    let r = server.post("/api/api-keys", &bob, &json!({"name": "b", "scopes": ["sync:read"]})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+}
