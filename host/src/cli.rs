@@ -36,6 +36,18 @@ enum Command {
     /// Invalidate every client's pull cursor (they get 410 and pull from the beginning).
     /// Run it, with the server stopped, after restoring a database backup.
     ResetCursors,
+    /// Copy the SQLite database of a running server into a new file (a consistent
+    /// snapshot; pushes go on meanwhile) and check the copy with PRAGMA integrity_check.
+    Backup {
+        /// The backup file to create (must not exist).
+        dest: PathBuf,
+    },
+    /// Put a backup in place of the SQLite database (stop the server first), then
+    /// give it a new epoch so every client pulls again instead of skipping changes.
+    Restore {
+        /// The backup file, as made by `accord backup`.
+        file: PathBuf,
+    },
     /// Copy a SQLite database into an empty PostgreSQL database (users, keys, records,
     /// history, conflicts, pushIds and the cursor epoch), so clients carry on unchanged.
     /// Stop the servers first; then point `database.url` at the target.
@@ -199,6 +211,42 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             let epoch = store.write(|tx| tx.new_epoch()).await.map_err(|e| e.to_string());
             store.close().await;
             println!("new database epoch {}: clients will pull again from the beginning", epoch?);
+            Ok(())
+        }
+        Command::Backup { dest } => {
+            if config.database.url.is_some() {
+                return Err(Failure::Config(
+                    "database.url is set: back PostgreSQL up with its own tools (pg_dump, or base backups \
+                     with WAL archiving); see docs/operations.md"
+                        .into(),
+                ));
+            }
+            let (db, busy) = (config.database.path.clone(), config.database.busy_timeout_ms);
+            let report = tokio::task::spawn_blocking(move || store::backup(&db, &dest, busy))
+                .await
+                .map_err(|e| Failure::Other(format!("the backup failed: {e}")))?
+                .map_err(|e| format!("backup: {e}"))?;
+            println!("backed up to {} ({} bytes; integrity check ok)", report.path.display(), report.bytes);
+            Ok(())
+        }
+        Command::Restore { file } => {
+            if config.database.url.is_some() {
+                return Err(Failure::Config("database.url is set: restore PostgreSQL with its own tools".into()));
+            }
+            let db = config.database.path.clone();
+            let report = tokio::task::spawn_blocking(move || store::restore(&file, &db))
+                .await
+                .map_err(|e| Failure::Other(format!("the restore failed: {e}")))?
+                .map_err(|e| format!("restore: {e}"))?;
+            let store = server::open_store(&config).await.map_err(|e| e.to_string())?;
+            let epoch = store.write(|tx| tx.new_epoch()).await.map_err(|e| e.to_string());
+            store.close().await;
+            println!(
+                "restored {} ({} bytes); new database epoch {}: clients will pull again from the beginning",
+                report.path.display(),
+                report.bytes,
+                epoch?
+            );
             Ok(())
         }
         Command::MigrateStore { from, to } => {

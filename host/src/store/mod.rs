@@ -20,6 +20,7 @@
 //! A write job, once started, runs to its end whether or not the caller is
 //! still waiting: a dropped HTTP request never leaves half a job written.
 
+mod backup;
 mod conflicts;
 mod copy;
 mod keys;
@@ -39,6 +40,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::config::DatabaseConfig;
 
 pub use crate::model::now_ms;
+pub use backup::{BackupReport, backup, restore};
 pub use conflicts::{ConflictRow, ConflictStatus, NewConflict};
 pub use copy::{Copied, sqlite_to_postgres};
 pub use keys::{ApiKeyRow, NewApiKey};

@@ -4,6 +4,7 @@
 mod support;
 
 mod auth_limit;
+mod backups;
 mod cli_config;
 mod connections;
 mod hardening;
