@@ -186,6 +186,9 @@ pub struct SyncConfig {
     pub push_retention_hours: u64,
     /// How long a resolved conflict stays listed before it is deleted, in days.
     pub conflict_retention_days: u64,
+    /// Tombstones older than this many days are purged with their history;
+    /// a cursor from before the purge gets 410. 0 keeps tombstones forever.
+    pub tombstone_retention_days: u64,
     /// Longest `wait` a long-polling pull may ask for, in seconds.
     pub max_wait_secs: u64,
     /// Interval of SSE heartbeat comments on `/api/sync/events`, in seconds.
@@ -208,6 +211,7 @@ impl Default for SyncConfig {
             history: 20,
             push_retention_hours: 24,
             conflict_retention_days: 30,
+            tombstone_retention_days: 90,
             max_wait_secs: 30,
             heartbeat_secs: 15,
             max_streams_per_user: 16,

@@ -57,7 +57,14 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "user_state",
-        columns: &[("user_id", Text), ("last_seq", Int), ("records", Int), ("bytes", Int), ("open_conflicts", Int)],
+        columns: &[
+            ("user_id", Text),
+            ("last_seq", Int),
+            ("records", Int),
+            ("bytes", Int),
+            ("open_conflicts", Int),
+            ("purged_seq", Int),
+        ],
         order: "user_id",
     },
     Table {

@@ -20,6 +20,8 @@ pub struct Usage {
 pub struct UserState {
     /// The sequence number of this user's latest change (0 before the first).
     pub last_seq: i64,
+    /// The highest sequence of a tombstone compacted away; older cursors get 410.
+    pub purged_seq: i64,
     pub usage: Usage,
 }
 
@@ -64,11 +66,12 @@ impl ReadTx<'_> {
         Ok(self
             .conn
             .first(
-                "SELECT last_seq, records, bytes, open_conflicts FROM user_state WHERE user_id = ?1",
+                "SELECT last_seq, records, bytes, open_conflicts, purged_seq FROM user_state WHERE user_id = ?1",
                 &[P::Text(user)],
                 |r| {
                     Ok(UserState {
                         last_seq: r.int(0)?,
+                        purged_seq: r.int(4)?,
                         usage: Usage { records: r.int(1)?, bytes: r.int(2)?, open_conflicts: r.int(3)? },
                     })
                 },
@@ -82,6 +85,15 @@ impl ReadTx<'_> {
             &format!("SELECT {RECORD} FROM records WHERE user_id = ?1 AND entity = ?2 AND id = ?3"),
             &[P::Text(user), P::Text(entity), P::Text(id)],
             record_from,
+        )
+    }
+
+    /// Users with tombstones last written before `before` (at most `limit`).
+    pub fn users_with_old_tombstones(&self, before: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.conn.all(
+            "SELECT DISTINCT user_id FROM records WHERE deleted = 1 AND updated_at < ?1 LIMIT ?2",
+            &[P::Int(before), P::Int(i64::try_from(limit).unwrap_or(i64::MAX))],
+            |r| r.text(0),
         )
     }
 
@@ -218,6 +230,35 @@ impl WriteTx<'_> {
         let epoch: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         self.conn.exec("UPDATE sync_state SET epoch = ?1 WHERE id = 1", &[P::Text(&epoch)])?;
         Ok(epoch)
+    }
+
+    /// Purges the user's tombstones last written before `before`, with their
+    /// history, and raises the user's purge horizon past them; returns how many.
+    pub fn purge_tombstones(&self, user: &str, before: i64) -> Result<usize, StoreError> {
+        let purged = self.conn.all(
+            "DELETE FROM records WHERE user_id = ?1 AND deleted = 1 AND updated_at < ?2
+             RETURNING entity, id, seq, data",
+            &[P::Text(user), P::Int(before)],
+            |r| Ok((r.text(0)?, r.text(1)?, r.int(2)?, r.text(3)?.len())),
+        )?;
+        let (mut horizon, mut bytes) = (0i64, 0i64);
+        for (entity, id, seq, len) in &purged {
+            self.conn.exec(
+                "DELETE FROM record_history WHERE user_id = ?1 AND entity = ?2 AND id = ?3",
+                &[P::Text(user), P::Text(entity), P::Text(id)],
+            )?;
+            horizon = horizon.max(*seq);
+            bytes += i64::try_from(*len).unwrap_or(0);
+        }
+        if !purged.is_empty() {
+            let n = i64::try_from(purged.len()).unwrap_or(i64::MAX);
+            self.update_user_state(user, None, &Usage { records: -n, bytes: -bytes, open_conflicts: 0 })?;
+            self.conn.exec(
+                "UPDATE user_state SET purged_seq = ?2 WHERE user_id = ?1 AND purged_seq < ?2",
+                &[P::Text(user), P::Int(horizon)],
+            )?;
+        }
+        Ok(purged.len())
     }
 
     /// Sets the user's change sequence to `last_seq` (when given) and adds `delta` to their usage.

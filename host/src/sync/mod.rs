@@ -268,7 +268,8 @@ impl SyncCore {
         let epoch = self.epoch.clone();
         self.store
             .read(move |tx| {
-                let at = pull::Snapshot { epoch: &epoch, last_seq: tx.user_state(&user)?.last_seq };
+                let state = tx.user_state(&user)?;
+                let at = pull::Snapshot { epoch: &epoch, last_seq: state.last_seq, purged_seq: state.purged_seq };
                 Ok(pull::page(tx, &user, &entities, &at, since.as_ref(), &types, limit, max_bytes))
             })
             .await?
@@ -306,7 +307,32 @@ impl SyncCore {
         if conflicts > 0 {
             tracing::info!(deleted = conflicts, "deleted resolved conflicts past sync.conflict_retention_days");
         }
+        self.compact_tombstones().await?;
         Ok(pushes)
+    }
+
+    /// Purges tombstones past `sync.tombstone_retention_days`, one user per
+    /// write job (so it takes turns with that user's pushes, on any host).
+    async fn compact_tombstones(&self) -> Result<(), StoreError> {
+        let days = self.limits.tombstone_retention_days;
+        if days == 0 {
+            return Ok(());
+        }
+        let before = now_ms().saturating_sub(i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX));
+        let (mut users, mut purged) = (0usize, 0usize);
+        // Bounded per run; the next run (hourly) continues.
+        for user in self.store.read(move |tx| tx.users_with_old_tombstones(before, 10_000)).await? {
+            let owner = user.clone();
+            purged += self
+                .store
+                .write_for(&user, 1, move |tx| Ok::<_, StoreError>((tx.purge_tombstones(&owner, before)?, None)))
+                .await?;
+            users += 1;
+        }
+        if purged > 0 {
+            tracing::info!(purged, users, "purged tombstones past sync.tombstone_retention_days");
+        }
+        Ok(())
     }
 }
 

@@ -54,6 +54,8 @@ pub fn types(list: &Option<String>, entities: &Entities) -> Result<Vec<String>, 
 pub struct Snapshot<'a> {
     pub epoch: &'a str,
     pub last_seq: i64,
+    /// Cursors below this may have missed a compacted delete.
+    pub purged_seq: i64,
 }
 
 /// Reads one page inside a single read snapshot and renders it.
@@ -80,6 +82,13 @@ pub fn page(
         Some((_, seq)) if *seq > state.last_seq => {
             return Err(SyncError::CursorGone(
                 "this cursor is ahead of the server's history; discard it and pull again from the beginning".into(),
+            ));
+        }
+        Some((_, seq)) if *seq < state.purged_seq => {
+            return Err(SyncError::CursorGone(
+                "this cursor is older than deletes that were compacted away (sync.tombstone_retention_days); \
+                 discard it and pull again from the beginning"
+                    .into(),
             ));
         }
         Some((_, seq)) => *seq,

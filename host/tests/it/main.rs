@@ -6,6 +6,7 @@ mod support;
 mod auth_limit;
 mod backups;
 mod cli_config;
+mod compaction;
 mod connections;
 mod hardening;
 mod http_basics;
