@@ -7,13 +7,16 @@ use super::{ReadTx, StoreError, WriteTx};
 pub enum ConflictStatus {
     Open,
     Resolved,
+    /// The same client later had a newer version of the record accepted.
+    Superseded,
 }
 
 impl ConflictStatus {
-    fn as_sql(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             ConflictStatus::Open => "open",
             ConflictStatus::Resolved => "resolved",
+            ConflictStatus::Superseded => "superseded",
         }
     }
 }
@@ -40,6 +43,8 @@ pub struct NewConflict<'a> {
     pub record_id: &'a str,
     pub incoming: &'a str,
     pub server_version: Option<i64>,
+    /// The pushing client's `clientId`, if it sent one.
+    pub client_id: Option<&'a str>,
     pub reason: &'a str,
     pub created_at: i64,
 }
@@ -55,7 +60,11 @@ fn from_row(r: &dyn Row) -> Result<ConflictRow, StoreError> {
         incoming: r.text(4)?,
         server_version: r.opt_int(5)?,
         reason: r.text(6)?,
-        status: if r.text(7)? == "open" { ConflictStatus::Open } else { ConflictStatus::Resolved },
+        status: match r.text(7)?.as_str() {
+            "open" => ConflictStatus::Open,
+            "superseded" => ConflictStatus::Superseded,
+            _ => ConflictStatus::Resolved,
+        },
         created_at: r.int(8)?,
         resolved_at: r.opt_int(9)?,
     })
@@ -83,7 +92,7 @@ impl ReadTx<'_> {
         let params = [
             P::Text(user),
             P::Int(after),
-            P::OptText(status.map(ConflictStatus::as_sql)),
+            P::OptText(status.map(ConflictStatus::as_str)),
             P::OptText(entity),
             P::Int(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)),
         ];
@@ -99,8 +108,8 @@ impl ReadTx<'_> {
 impl WriteTx<'_> {
     pub fn insert_conflict(&self, user: &str, c: &NewConflict<'_>) -> Result<(), StoreError> {
         self.conn.exec(
-            "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server_version, reason, status, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8)",
+            "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server_version, reason, status, created_at, client_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9)",
             &[
                 P::Text(c.id),
                 P::Text(user),
@@ -110,14 +119,35 @@ impl WriteTx<'_> {
                 P::OptInt(c.server_version),
                 P::Text(c.reason),
                 P::Int(c.created_at),
+                P::OptText(c.client_id),
             ],
         )?;
         Ok(())
     }
 
-    /// Forgets resolved conflicts resolved before `before`; returns how many.
+    /// Forgets conflicts resolved (or superseded) before `before`; returns how many.
     pub fn purge_resolved_conflicts(&self, before: i64) -> Result<usize, StoreError> {
-        self.conn.exec("DELETE FROM conflicts WHERE status = 'resolved' AND resolved_at < ?1", &[P::Int(before)])
+        self.conn.exec("DELETE FROM conflicts WHERE status <> 'open' AND resolved_at < ?1", &[P::Int(before)])
+    }
+
+    /// Marks the open conflicts `client` left on this record superseded;
+    /// returns how many, and the bytes of their incoming records.
+    pub fn supersede_conflicts(
+        &self,
+        user: &str,
+        entity: &str,
+        record_id: &str,
+        client: &str,
+        now: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        let freed = self.conn.all(
+            "UPDATE conflicts SET status = 'superseded', resolved_at = ?5
+             WHERE user_id = ?1 AND entity = ?2 AND record_id = ?3 AND client_id = ?4 AND status = 'open'
+             RETURNING incoming",
+            &[P::Text(user), P::Text(entity), P::Text(record_id), P::Text(client), P::Int(now)],
+            |r| Ok(i64::try_from(r.text(0)?.len()).unwrap_or(0)),
+        )?;
+        Ok((i64::try_from(freed.len()).unwrap_or(i64::MAX), freed.iter().sum()))
     }
 
     pub fn mark_conflict_resolved(&self, user: &str, id: &str, now: i64) -> Result<(), StoreError> {

@@ -108,6 +108,7 @@ const TABLES: &[Table] = &[
             ("status", Text),
             ("created_at", Int),
             ("resolved_at", Int),
+            ("client_id", Text),
         ],
         order: "n",
     },

@@ -43,9 +43,12 @@ pub async fn list(store: &Store, user: &str, query: ConflictQuery, max_bytes: us
     let status = match query.status.as_deref().unwrap_or("open") {
         "open" => Some(ConflictStatus::Open),
         "resolved" => Some(ConflictStatus::Resolved),
+        "superseded" => Some(ConflictStatus::Superseded),
         "all" => None,
         other => {
-            return Err(SyncError::Invalid(format!("`status` must be open, resolved or all, not `{other}`")));
+            return Err(SyncError::Invalid(format!(
+                "`status` must be open, resolved, superseded or all, not `{other}`"
+            )));
         }
     };
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
@@ -109,7 +112,7 @@ fn push_conflict(out: &mut Vec<u8>, row: &ConflictRow, server: Option<&RecordRow
     }
     out.extend_from_slice(b",\"reason\":");
     json::push_str(out, &row.reason);
-    let status = if row.status == ConflictStatus::Open { "open" } else { "resolved" };
+    let status = row.status.as_str();
     let resolved = row.resolved_at.map_or("null".to_string(), |t| t.to_string());
     out.extend_from_slice(
         format!(",\"status\":\"{status}\",\"createdAt\":{},\"resolvedAt\":{resolved}}}", row.created_at).as_bytes(),
@@ -155,8 +158,8 @@ pub async fn resolve(
             let Some(conflict) = tx.conflict(&user, &id)? else {
                 return Err(SyncError::NotFound("no conflict with this id".into()));
             };
-            if conflict.status == ConflictStatus::Resolved {
-                return Err(SyncError::Conflict("this conflict is already resolved".into()));
+            if conflict.status != ConflictStatus::Open {
+                return Err(SyncError::Conflict(format!("this conflict is already {}", conflict.status.as_str())));
             }
             let ty = cx.entities.types.iter().find(|t| t.name == conflict.entity);
             let current = tx.record(&user, &conflict.entity, &conflict.record_id)?;

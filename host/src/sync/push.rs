@@ -91,11 +91,20 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
             let outcome = match check_refs(ty, incoming, &fate, &parents) {
                 Some(reason) => Outcome::Rejected(reason),
                 None => {
-                    let at = Write { tx, user, ty, type_index: *type_index, now };
+                    let at = Write { tx, user, client: req.client_id.as_deref(), ty, type_index: *type_index, now };
                     let server = current.remove(&incoming.id);
                     decide_and_write(&at, rules, incoming, server, &mut seq, &mut delta)?
                 }
             };
+            // A newer version of a record accepted from a client makes that
+            // client's own open conflicts on the record moot.
+            if let (Outcome::Applied(_) | Outcome::Merged(_), Some(client)) = (&outcome, &req.client_id)
+                && state.usage.open_conflicts + delta.open_conflicts > 0
+            {
+                let (n, bytes) = tx.supersede_conflicts(user, &ty.name, &incoming.id, client, now)?;
+                delta.open_conflicts -= n;
+                delta.bytes -= bytes;
+            }
             // A child may only lean on a parent that exists once this push commits.
             let stored = !matches!(outcome, Outcome::Rejected(_) | Outcome::Conflict { server: None, .. });
             fate.insert((*type_index, incoming.id.as_str()), stored);
@@ -197,6 +206,7 @@ fn check_refs(
 struct Write<'a, 't> {
     tx: &'a WriteTx<'t>,
     user: &'a str,
+    client: Option<&'a str>,
     ty: &'a EntityType,
     type_index: usize,
     now: i64,
@@ -211,7 +221,7 @@ fn decide_and_write(
     seq: &mut i64,
     delta: &mut Usage,
 ) -> Result<Outcome, StoreError> {
-    let Write { tx, user, ty, type_index, now } = *at;
+    let Write { tx, user, ty, type_index, now, .. } = *at;
     if let Some(s) = &server
         && s.version == incoming.version
         && s.deleted == incoming.deleted
@@ -271,6 +281,7 @@ fn decide_and_write(
                     record_id: &incoming.id,
                     incoming: &incoming_json,
                     server_version: server.as_ref().map(|s| s.version),
+                    client_id: at.client,
                     reason: &reason,
                     created_at: now,
                 },

@@ -21,6 +21,8 @@ pub const MAX_VERSION: i64 = (1 << 53) - 1;
 /// A validated push: records grouped by entity type, in dependency order.
 pub struct PushRequest {
     pub push_id: Option<String>,
+    /// The pushing client's `clientId`, if it sent one.
+    pub client_id: Option<String>,
     pub body_hash: [u8; 32],
     /// (index into `Entities::types`, records in body order)
     pub groups: Vec<(usize, Vec<Incoming>)>,
@@ -189,7 +191,7 @@ pub fn parse_push(body: &[u8], entities: &Entities, limits: &SyncConfig) -> Resu
         }
     })?;
     let push_id = optional_id(parsed.push_id, "pushId")?;
-    optional_id(parsed.client_id, "clientId")?;
+    let client_id = optional_id(parsed.client_id, "clientId")?;
 
     let record_count: usize = parsed.changes.iter().map(|(_, r)| r.len()).sum();
     let mut groups = Vec::with_capacity(parsed.changes.len());
@@ -212,7 +214,7 @@ pub fn parse_push(body: &[u8], entities: &Entities, limits: &SyncConfig) -> Resu
     }
     groups.sort_by_key(|(index, _)| *index);
     let body_hash = request_hash(push_id.as_deref(), &groups, entities);
-    Ok(PushRequest { push_id, body_hash, groups, record_count })
+    Ok(PushRequest { push_id, client_id, body_hash, groups, record_count })
 }
 
 /// A fingerprint of what a push asks for, for `pushId` replays: the records

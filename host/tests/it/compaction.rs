@@ -76,3 +76,40 @@ async fn old_tombstones_are_purged_and_older_cursors_resync() {
     let r = push_ok(&server, &key, &json!({"changes": {"pages": [page("gone", 1, false)]}})).await;
     assert_eq!(r["results"]["pages"][0]["status"], "applied");
 }
+
+#[tokio::test]
+async fn a_clients_stale_edit_is_superseded_by_its_own_newer_version() {
+    let server = TestServer::start_with(|c| c.quotas.open_conflicts = 1).await;
+    let key = server.cli_key("alice", &[]);
+    let push = |client: &str, v: i64, base: i64, t: &str| json!({"clientId": client, "changes": {"pages": [{"id": "p1", "version": v, "baseVersion": base, "data": {"t": t}}]}});
+    push_ok(&server, &key, &push("phone", 1, 0, "first")).await;
+    push_ok(&server, &key, &push("laptop", 2, 1, "laptop edit")).await;
+    // The phone's stale edit conflicts…
+    let r = push_ok(&server, &key, &push("phone", 2, 1, "phone edit")).await;
+    assert_eq!(r["results"]["pages"][0]["status"], "conflict");
+    let stale = r["results"]["pages"][0]["conflictId"].as_str().unwrap().to_string();
+    // …then the phone pulls, edits the server's version, and that is accepted: its conflict is moot.
+    let r = push_ok(&server, &key, &push("phone", 3, 2, "phone again")).await;
+    assert_eq!(r["results"]["pages"][0]["status"], "applied");
+    let open: serde_json::Value = server.get("/api/sync/conflicts", &key).send().await.unwrap().json().await.unwrap();
+    assert!(open["conflicts"].as_array().unwrap().is_empty(), "{open}");
+    let all: serde_json::Value =
+        server.get("/api/sync/conflicts?status=all", &key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(all["conflicts"][0]["id"], stale.as_str());
+    assert_eq!(all["conflicts"][0]["status"], "superseded");
+    assert!(all["conflicts"][0]["resolvedAt"].is_i64());
+    // It no longer counts against quotas.open_conflicts (1): a new conflict fits…
+    let r = push_ok(&server, &key, &push("laptop", 3, 2, "laptop stale")).await;
+    assert_eq!(r["results"]["pages"][0]["status"], "conflict");
+    // …and another client's accepted version leaves that one open.
+    push_ok(&server, &key, &push("phone", 5, 3, "phone latest")).await;
+    let open: serde_json::Value = server.get("/api/sync/conflicts", &key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(open["conflicts"].as_array().unwrap().len(), 1);
+    // A superseded conflict cannot be resolved.
+    let r = server
+        .post(&format!("/api/sync/conflicts/{stale}/resolve"), &key, &json!({"take": "incoming"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 409).await;
+}

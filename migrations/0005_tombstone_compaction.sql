@@ -1,4 +1,0 @@
--- Tombstone compaction: the highest change sequence of a tombstone purged
--- for the user. A cursor below it may have missed a delete: it gets 410.
-ALTER TABLE user_state ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX records_tombstones ON records (updated_at) WHERE deleted = 1;
