@@ -17,8 +17,8 @@ mod sandbox;
 mod set;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -32,7 +32,9 @@ use sandbox::Sandbox;
 pub use bindings::WORLD;
 pub use set::{Binding, Policies, PolicySet, cache_dir, load_all, load_named};
 
-/// The epoch ticks once a millisecond; a call's deadline is `cpu_ms` ticks.
+/// The epoch ticks once a millisecond while a call is in flight (and not at
+/// all when none is, so an idle server does not wake); a call's deadline is
+/// `cpu_ms` ticks.
 const TICK: Duration = Duration::from_millis(1);
 /// A reused instance is replaced after this many calls, so guest-side leaks stay bounded.
 const CALLS_PER_INSTANCE: u64 = 10_000;
@@ -79,7 +81,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<Sandbox>,
     limits: Limits,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
     cache_dir: PathBuf,
     /// Part of every cached artifact's name: wasmtime version and engine settings.
     engine_key: String,
@@ -87,7 +89,57 @@ pub struct Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop.store(true, Ordering::Relaxed);
+        self.ticker.wake.notify_all();
+    }
+}
+
+/// Drives the engine's epoch only while policy calls run.
+#[derive(Default)]
+struct Ticker {
+    in_flight: AtomicUsize,
+    stop: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// A call in flight: the ticker ticks until the last one ends.
+struct InFlight<'a>(&'a Ticker);
+
+impl Ticker {
+    fn enter(&self) -> InFlight<'_> {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Under the lock, so the ticker is either before its check or waiting.
+            let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.wake.notify_one();
+        }
+        InFlight(self)
+    }
+
+    /// The ticker thread: sleeps while no call runs, ticks every `TICK` while one does.
+    fn run(&self, engine: &wasmtime::EngineWeak) {
+        while !self.stop.load(Ordering::Relaxed) {
+            {
+                let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                while self.in_flight.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::Relaxed) {
+                    held = match self.wake.wait_timeout(held, Duration::from_secs(1)) {
+                        Ok((held, _)) => held,
+                        Err(p) => p.into_inner().0,
+                    };
+                }
+            }
+            std::thread::sleep(TICK);
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -107,19 +159,11 @@ impl Runtime {
             .map_err(|e| PolicyError::Runtime(format!("cannot create {}: {e}", cache_dir.display())))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (weak, stop) = (engine.weak(), ticker_stop.clone());
+        let ticker = Arc::new(Ticker::default());
+        let (weak, t) = (engine.weak(), ticker.clone());
         std::thread::Builder::new()
             .name("accord-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+            .spawn(move || t.run(&weak))
             .map_err(|e| PolicyError::Runtime(e.to_string()))?;
         let limits = Limits { cpu_ms: config.cpu_ms, memory_bytes: config.memory_mib * 1024 * 1024, max_output_bytes };
         let engine_key = {
@@ -127,7 +171,7 @@ impl Runtime {
             std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
             format!("{:016x}", std::hash::Hasher::finish(&h))
         };
-        Ok(Arc::new(Runtime { engine, linker, limits, ticker_stop, cache_dir: cache_dir.to_path_buf(), engine_key }))
+        Ok(Arc::new(Runtime { engine, linker, limits, ticker, cache_dir: cache_dir.to_path_buf(), engine_key }))
     }
 
     /// Compiles a component, or maps its compiled artifact from the cache.
@@ -253,6 +297,8 @@ impl Policy {
         let mut store = Store::new(&self.runtime.engine, Sandbox::new(self.runtime.limits.memory_bytes));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.runtime.limits.cpu_ms.max(1));
+        // Instantiation runs guest code too (initializers): it needs the ticker.
+        let _ticking = self.runtime.ticker.enter();
         let instance = self.pre.instantiate(&mut store).map_err(|e| PolicyFailure::Instantiate(format!("{e:#}")))?;
         Ok(Live { store, instance, calls: 0 })
     }
@@ -280,6 +326,7 @@ impl Policy {
         // The deadline is set right before each call, never once per instance.
         live.store.set_epoch_deadline(limits.cpu_ms.max(1));
         let wit_input = bindings::to_wit(input, settings);
+        let _ticking = self.runtime.ticker.enter();
         match live.instance.call_decide(&mut live.store, wit_input) {
             Ok(decision) => {
                 live.calls += 1;
