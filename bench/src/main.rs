@@ -98,7 +98,9 @@ fn main() {
             Command::Concurrent { clients, seconds, records_per_push, hosts, distinct_users } => {
                 concurrent(clients, seconds, records_per_push, hosts, distinct_users).await;
             }
-            Command::RawSqlite { records, batch } => raw_sqlite(records, batch),
+            Command::RawSqlite { records, batch } => {
+                raw_sqlite(records, batch);
+            }
             Command::Policy { calls } => policy::per_call(calls),
             Command::Updates { records, batch } => updates(records, batch).await,
             Command::Attacks { seconds } => {
@@ -108,7 +110,6 @@ fn main() {
                 attacks::fairness(seconds).await;
             }
             Command::All => {
-                raw_sqlite(100_000, 500);
                 first_sync(10_000, 500, 1000).await;
                 first_sync(100_000, 500, 1000).await;
                 concurrent(16, 10, 10, 1, false).await;
@@ -325,6 +326,13 @@ async fn first_sync(n: usize, batch: usize, page: usize) {
     }
     let pull_secs = started.elapsed().as_secs_f64();
     assert_eq!(pulled, n, "pulled back every record");
+    // Its own ceiling, measured in the same run: only ratios compare across runs.
+    let (raw_insert, raw_read) = raw_sqlite(n, batch);
+    println!(
+        "first-sync ratio n={n}: push {:.0} % of raw insert, pull {:.0} % of raw read",
+        100.0 * n as f64 / push_secs / raw_insert,
+        100.0 * n as f64 / pull_secs / raw_read
+    );
     println!(
         "first-sync {} n={n} batch={batch} page={page} body={:.1} MB: push {:.0} records/s ({push_secs:.2} s), \
          pull {:.0} records/s ({pull_secs:.2} s), server peak RSS {:.0} MiB",
@@ -384,7 +392,9 @@ async fn concurrent(clients: usize, seconds: u64, per_push: usize, hosts: usize,
     );
 }
 
-fn raw_sqlite(n: usize, batch: usize) {
+/// The ceiling: raw rusqlite inserting the same rows (transactions of
+/// `batch`) and reading them back; prints and returns (insert, read) rows/s.
+fn raw_sqlite(n: usize, batch: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let run = |path: &Path, per_tx: usize| -> f64 {
         let conn = rusqlite::Connection::open(path).unwrap();
@@ -447,6 +457,7 @@ fn raw_sqlite(n: usize, batch: usize) {
         n as f64 / single,
         read as f64 / read_secs
     );
+    (n as f64 / batched, read as f64 / read_secs)
 }
 
 /// Pushes `n` records, then edits every one on "device A" (based on v1), then
