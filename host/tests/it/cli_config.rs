@@ -122,3 +122,16 @@ fn entity_declarations_are_checked_at_startup() {
     let out = cli(&["check-config"], &[], Some(dir.path()));
     assert!(stdout_of(&out).contains("contexts, imageBlobs, notebooks, pages"), "{}", stdout_of(&out));
 }
+
+/// The shipped `config.toml` documents the built-in defaults: loading it
+/// changes nothing, section by section (entity declarations included).
+#[test]
+fn the_shipped_config_toml_is_the_built_in_defaults() {
+    let shipped = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml"));
+    let loaded = accord::config::Config::load(Some(shipped)).unwrap();
+    let defaults = accord::config::Config::default();
+    let (loaded, defaults) = (serde_json::to_value(&loaded).unwrap(), serde_json::to_value(&defaults).unwrap());
+    for (section, value) in defaults.as_object().unwrap() {
+        assert_eq!(&loaded[section], value, "config.toml's [{section}] differs from the built-in defaults");
+    }
+}
