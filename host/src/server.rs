@@ -99,7 +99,7 @@ pub async fn serve_on(
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let rules: Arc<dyn ActiveRules> = policies.clone();
     let sync = SyncCore::new(store.clone(), &config, rules, metrics.clone(), shutdown_rx.clone()).await?;
-    let janitor = tokio::spawn(expire_pushes(sync.clone()));
+    let janitor = tokio::spawn(housekeeping(sync.clone()));
     let server_config = config.server.clone();
     let config = Arc::new(config);
     policy::reload::spawn_reloaders(policies.clone(), config.clone(), shutdown_rx.clone());
@@ -224,15 +224,16 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// Forgets expired idempotency records at startup and then hourly.
-async fn expire_pushes(sync: SyncCore) {
+/// At startup and then hourly: forgets expired pushIds, deletes old resolved
+/// conflicts and purges old tombstones (see `SyncCore::housekeeping`).
+async fn housekeeping(sync: SyncCore) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
         every.tick().await;
-        match sync.expire_pushes().await {
+        match sync.housekeeping().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "forgot expired pushIds"),
-            Err(e) => tracing::warn!(error = %e, "could not expire pushIds"),
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed; retrying in an hour"),
         }
     }
 }

@@ -72,47 +72,34 @@ pub trait Row {
     fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
-impl Row for rusqlite::Row<'_> {
-    fn int(&self, i: usize) -> Result<i64, StoreError> {
-        Ok(self.get(i)?)
-    }
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        Ok(self.get(i)?)
-    }
-    fn text(&self, i: usize) -> Result<String, StoreError> {
-        Ok(self.get(i)?)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        Ok(self.get(i)?)
-    }
-    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
-        Ok(self.get(i)?)
-    }
-    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.get(i)?)
-    }
+/// Both drivers read a column the same way, only the method's name differs.
+macro_rules! row_getters {
+    ($ty:ty, $get:ident) => {
+        impl Row for $ty {
+            fn int(&self, i: usize) -> Result<i64, StoreError> {
+                Ok(self.$get(i)?)
+            }
+            fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+                Ok(self.$get(i)?)
+            }
+            fn text(&self, i: usize) -> Result<String, StoreError> {
+                Ok(self.$get(i)?)
+            }
+            fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+                Ok(self.$get(i)?)
+            }
+            fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+                Ok(self.$get(i)?)
+            }
+            fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+                Ok(self.$get(i)?)
+            }
+        }
+    };
 }
 
-impl Row for postgres::Row {
-    fn int(&self, i: usize) -> Result<i64, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-    fn text(&self, i: usize) -> Result<String, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-}
+row_getters!(rusqlite::Row<'_>, get);
+row_getters!(postgres::Row, try_get);
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct PgConn {

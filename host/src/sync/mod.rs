@@ -294,9 +294,9 @@ impl SyncCore {
         self.store.subscribe()
     }
 
-    /// Forgets idempotency records older than their retention window, and
-    /// resolved conflicts older than theirs; returns how many pushIds.
-    pub async fn expire_pushes(&self) -> Result<usize, StoreError> {
+    /// Forgets pushIds and resolved conflicts past their retention windows,
+    /// and purges old tombstones; returns how many pushIds.
+    pub async fn housekeeping(&self) -> Result<usize, StoreError> {
         let hours = |h: u64| i64::try_from(h.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
         let pushes_before = now_ms().saturating_sub(hours(self.limits.push_retention_hours));
         let conflicts_before = now_ms().saturating_sub(hours(self.limits.conflict_retention_days.saturating_mul(24)));
