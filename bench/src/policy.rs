@@ -66,6 +66,7 @@ pub fn per_call(calls: usize) {
         deleted: false,
         data: data("t", "client body"),
         refs: vec![],
+        blobs: vec![],
     };
     let merge_input =
         MergeInput { entity: "pages", user: "u", server: Some(&server), base: Some(&base), incoming: &incoming };

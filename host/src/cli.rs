@@ -222,11 +222,28 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
                 ));
             }
             let (db, busy) = (config.database.path.clone(), config.database.busy_timeout_ms);
-            let report = tokio::task::spawn_blocking(move || store::backup(&db, &dest, busy))
+            let blobs = config.blobs.url.is_none().then(|| config.blobs.folder(&config.database));
+            let report = tokio::task::spawn_blocking(move || store::backup(&db, &dest, busy, blobs.as_deref()))
                 .await
                 .map_err(|e| Failure::Other(format!("the backup failed: {e}")))?
                 .map_err(|e| format!("backup: {e}"))?;
             println!("backed up to {} ({} bytes; integrity check ok)", report.path.display(), report.bytes);
+            match &config.blobs.url {
+                Some(url) => println!(
+                    "blobs are kept in {url}, not in this backup: back the bucket up with its own tools (versioning)"
+                ),
+                None => println!(
+                    "copied {} blob objects to {}{}",
+                    report.blobs,
+                    store::blobs_beside(&report.path).display(),
+                    match report.missing_blobs {
+                        0 => String::new(),
+                        n => format!(
+                            " ({n} named by the snapshot were already collected; their records' blobs are gone)"
+                        ),
+                    }
+                ),
+            }
             Ok(())
         }
         Command::Restore { file } => {
@@ -234,7 +251,8 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
                 return Err(Failure::Config("database.url is set: restore PostgreSQL with its own tools".into()));
             }
             let db = config.database.path.clone();
-            let report = tokio::task::spawn_blocking(move || store::restore(&file, &db))
+            let blobs = config.blobs.url.is_none().then(|| config.blobs.folder(&config.database));
+            let report = tokio::task::spawn_blocking(move || store::restore(&file, &db, blobs.as_deref()))
                 .await
                 .map_err(|e| Failure::Other(format!("the restore failed: {e}")))?
                 .map_err(|e| format!("restore: {e}"))?;
@@ -242,9 +260,10 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             let epoch = store.write(|tx| tx.new_epoch()).await.map_err(|e| e.to_string());
             store.close().await;
             println!(
-                "restored {} ({} bytes); new database epoch {}: clients will pull again from the beginning",
+                "restored {} ({} bytes, {} blob objects); new database epoch {}: clients will pull again from the beginning",
                 report.path.display(),
                 report.bytes,
+                report.blobs,
                 epoch?
             );
             Ok(())

@@ -23,6 +23,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sync: SyncConfig,
     pub quotas: QuotaConfig,
+    pub blobs: BlobsConfig,
     pub policies: PoliciesConfig,
     /// Entity types by name. Empty (no `[entities]` anywhere) means the notes
     /// app's eight types, see [`default_entities`].
@@ -158,6 +159,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             sync: SyncConfig::default(),
             quotas: QuotaConfig::default(),
+            blobs: BlobsConfig::default(),
             policies: PoliciesConfig::default(),
             entities: default_entities(),
             file: None,
@@ -231,11 +233,69 @@ pub struct QuotaConfig {
     pub bytes: u64,
     /// Conflicts not yet resolved.
     pub open_conflicts: u64,
+    /// Bytes of attachments (blobs) the user has uploaded; an upload past it is a 507.
+    pub blob_bytes: u64,
 }
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        Self { records: 1_000_000, bytes: 1024 * 1024 * 1024, open_conflicts: 10_000 }
+        Self {
+            records: 1_000_000,
+            bytes: 1024 * 1024 * 1024,
+            open_conflicts: 10_000,
+            blob_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[blobs]`: attachments, stored outside the database by content hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobsConfig {
+    /// The folder blobs are kept in; empty means `blobs/` beside the SQLite
+    /// database (`./data/blobs` by default). Relative paths are relative to
+    /// the working directory, like `database.path`.
+    pub dir: PathBuf,
+    /// An S3-compatible bucket instead of `dir`, e.g. `s3://bucket/prefix`
+    /// (credentials and endpoint from the standard `AWS_*` environment variables).
+    pub url: Option<String>,
+    /// Largest blob, in bytes (413 above it).
+    pub max_bytes: u64,
+    /// Uploads in progress at once, server-wide (503 with Retry-After beyond).
+    pub max_uploads: usize,
+    /// Uploads one user may have in progress at once (429 beyond).
+    pub max_uploads_per_user: usize,
+    /// An upload's body must arrive within this many seconds (408 beyond).
+    pub upload_timeout_secs: u64,
+    /// A blob no record names is deleted this many hours after it was
+    /// uploaded or last named.
+    pub gc_grace_hours: u64,
+}
+
+impl Default for BlobsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            url: None,
+            max_bytes: 32 * 1024 * 1024,
+            max_uploads: 16,
+            max_uploads_per_user: 4,
+            upload_timeout_secs: 600,
+            gc_grace_hours: 24,
+        }
+    }
+}
+
+impl BlobsConfig {
+    /// The folder blobs are kept in when no `url` is set.
+    pub fn folder(&self, database: &DatabaseConfig) -> PathBuf {
+        if !self.dir.as_os_str().is_empty() {
+            return self.dir.clone();
+        }
+        match database.path.parent() {
+            Some(parent) if database.url.is_none() => parent.join("blobs"),
+            _ => PathBuf::from("data/blobs"),
+        }
     }
 }
 
@@ -251,6 +311,9 @@ pub struct EntityConfig {
     pub policy: Option<String>,
     /// Settings handed to the policy as a JSON object.
     pub policy_settings: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Fields of `data` that hold a blob's SHA-256 (lowercase hex): a record
+    /// may name only blobs its user has uploaded, and keeps them alive.
+    pub blobs: Vec<String>,
 }
 
 impl EntityConfig {
@@ -272,13 +335,18 @@ pub fn default_entities() -> BTreeMap<String, EntityConfig> {
         history: None,
         policy: Some(policy.to_string()),
         policy_settings: None,
+        blobs: Vec::new(),
+    };
+    let blobs = |fields: &[&str], entity: EntityConfig| EntityConfig {
+        blobs: fields.iter().map(|f| f.to_string()).collect(),
+        ..entity
     };
     BTreeMap::from([
         ("contexts".to_string(), entity(&[], "field-merge")),
         ("topics".to_string(), entity(&[("contextId", "contexts")], "field-merge")),
         ("historyEntries".to_string(), entity(&[("topicId", "topics")], "append-only")),
         ("ratings".to_string(), entity(&[("topicId", "topics")], "version-wins")),
-        ("imageBlobs".to_string(), entity(&[], "append-only")),
+        ("imageBlobs".to_string(), blobs(&["sha256"], entity(&[], "append-only"))),
         ("pages".to_string(), entity(&[], "field-merge")),
         ("notebooks".to_string(), entity(&[], "field-merge")),
         ("pageNotebooks".to_string(), entity(&[("pageId", "pages"), ("notebookId", "notebooks")], "tombstone-wins")),
@@ -547,6 +615,22 @@ impl Config {
         if self.policies.stack_kib < 64 {
             return bad("policies.stack_kib", "must be at least 64");
         }
+        let b = &self.blobs;
+        for (key, value) in [
+            ("blobs.max_bytes", b.max_bytes),
+            ("blobs.max_uploads", b.max_uploads as u64),
+            ("blobs.max_uploads_per_user", b.max_uploads_per_user as u64),
+            ("blobs.upload_timeout_secs", b.upload_timeout_secs),
+        ] {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
+        }
+        if let Some(url) = &self.blobs.url
+            && !url.starts_with("s3://")
+        {
+            return bad("blobs.url", "must be an s3:// URL (or leave it out and set blobs.dir)");
+        }
         if s.heartbeat_secs == 0 {
             return bad("sync.heartbeat_secs", "must be greater than 0");
         }
@@ -569,6 +653,14 @@ impl Config {
                         &format!(
                             "`{policy}` is not a policy name (letters, digits, `_`, `-`; the file is <name>.wasm)"
                         ),
+                    );
+                }
+            }
+            for field in &entity.blobs {
+                if field.is_empty() || entity.refs.contains_key(field) {
+                    return bad(
+                        &format!("entities.{name}.blobs"),
+                        &format!("`{field}` must be a non-empty field name that is not also a reference"),
                     );
                 }
             }

@@ -31,6 +31,9 @@ pub struct Incoming {
     /// Values of the type's reference fields, in the order of `sync::EntityType::refs`
     /// (`None` when absent or null).
     pub refs: Vec<Option<String>>,
+    /// Values of the type's blob fields, in the order of `sync::EntityType::blobs`
+    /// (`None` when absent or null; otherwise a valid SHA-256).
+    pub blobs: Vec<Option<String>>,
 }
 
 /// What a merge rule sees for one record: (server, base, incoming).

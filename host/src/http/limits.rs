@@ -18,6 +18,7 @@ const RETRY_AFTER_SECS: u64 = 5;
 pub struct UserLimits {
     pub streams: Arc<UserSlots>,
     pub long_polls: Arc<UserSlots>,
+    pub uploads: Arc<UserSlots>,
 }
 
 impl UserLimits {
@@ -29,6 +30,7 @@ impl UserLimits {
                 "sync.max_long_polls_per_user",
                 config.sync.max_long_polls_per_user,
             ),
+            uploads: UserSlots::new("blob uploads", "blobs.max_uploads_per_user", config.blobs.max_uploads_per_user),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! Only this module knows HTTP; it calls into `auth` and `store`.
 
 mod admin;
+mod blobs;
 mod extract;
 pub mod keys;
 mod limits;
@@ -15,10 +16,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::{delete, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate as _};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
@@ -62,6 +64,7 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/api-keys", get(keys::list).post(keys::create))
         .route("/api/api-keys/{id}", delete(keys::revoke))
+        .route("/api/blobs/{sha256}", get(blobs::get).head(blobs::head).put(blobs::put))
         .route("/api/sync/push", post(sync::push))
         .route("/api/sync/pull", get(sync::pull))
         .route("/api/sync/events", get(sync::events))
@@ -79,7 +82,12 @@ pub fn app(state: AppState) -> Router {
     let mut app = api
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestDecompressionLayer::new().gzip(true))
-        .layer(CompressionLayer::new().gzip(true))
+        // Blobs go out as stored: mostly compressed already, and `Range` counts stored bytes.
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .compress_when(DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"))),
+        )
         .layer(CatchPanicLayer::custom(ops::panic_response))
         .layer(axum::middleware::from_fn_with_state(observed, observe::observe))
         .layer(TraceLayer::new_for_http().make_span_with(request_id::make_span));
@@ -102,8 +110,16 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::CONTENT_ENCODING])
+            .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::RANGE,
+                header::IF_NONE_MATCH,
+                header::IF_RANGE,
+                HeaderName::from_static("x-request-id"),
+            ])
             .expose_headers(Any),
     )
 }

@@ -48,7 +48,10 @@ pub async fn observe(
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let (parts, body) = request.into_parts();
-    let timeout = Duration::from_secs(state.config.server.body_timeout_secs);
+    // A blob may be large and come over a slow link: it has its own deadline.
+    let blob_upload = parts.method == axum::http::Method::PUT && parts.uri.path().starts_with("/api/blobs/");
+    let secs = if blob_upload { state.config.blobs.upload_timeout_secs } else { state.config.server.body_timeout_secs };
+    let timeout = Duration::from_secs(secs);
     let body = super::limits::with_deadline(body, timeout, move |n| {
         counter.fetch_add(n as u64, Relaxed);
     });

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// A per-user quota is used up (507).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A `Range` that names no byte of a blob of `size` bytes (416).
+    #[error("the requested range is outside the blob's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -91,6 +94,9 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             ApiError::QuotaExceeded(_) => (StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded", "Quota exceeded"),
+            ApiError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range-not-satisfiable", "Range not satisfiable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
         }
     }
@@ -134,6 +140,7 @@ impl From<SyncError> for ApiError {
             SyncError::NotFound(m) => ApiError::NotFound(m),
             SyncError::Conflict(m) => ApiError::Conflict(m),
             SyncError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
+            SyncError::RangeNotSatisfiable(size) => ApiError::RangeNotSatisfiable { size },
             SyncError::Busy(m) => ApiError::Unavailable(m),
             SyncError::Store(e) => e.into(),
         }
@@ -204,6 +211,11 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::TooManyRequests { retry_after_secs: Some(secs), .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::RangeNotSatisfiable { size } => {
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
             }
             // The rest of an unread body may still be on its way: this connection is done.
             ApiError::RequestTimeout(_) => {

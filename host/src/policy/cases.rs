@@ -133,6 +133,7 @@ pub fn run(policy: &Policy, cases: &[Case]) -> Vec<Outcome> {
                 deleted: i.deleted,
                 data: i.data.to_string(),
                 refs: Vec::new(),
+                blobs: Vec::new(),
             };
             let input = MergeInput {
                 entity: &case.entity_type,

@@ -8,6 +8,12 @@
 //! replayed onto the restored one — and gives it a new epoch, so every client
 //! cursor is answered `410` and clients pull again instead of skipping the
 //! changes made after the backup.
+//!
+//! Blobs kept in a local folder travel with the database: a backup copies
+//! the objects its snapshot names into `<backup>.blobs/`, and a restore copies
+//! them back. Objects are written once and never change, so a copy taken
+//! after the snapshot holds every object the snapshot names (unless the
+//! server collected it meanwhile: then it is reported missing).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +26,31 @@ use super::StoreError;
 pub struct BackupReport {
     pub path: PathBuf,
     pub bytes: u64,
+    /// Blob objects copied (into `<backup>.blobs/`, or back into the blob folder).
+    pub blobs: usize,
+    /// Blob objects the snapshot names that were not in the blob folder.
+    pub missing_blobs: usize,
+}
+
+/// The folder a backup's blob objects go in: `<backup>.blobs`.
+pub fn blobs_beside(backup: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.blobs", backup.display()))
+}
+
+/// Copies object `key` from folder `from` to folder `to` unless it is there already.
+fn copy_object(from: &Path, to: &Path, key: &str) -> Result<bool, StoreError> {
+    let (src, dst) = (from.join(key), to.join(key));
+    if !src.is_file() {
+        return Ok(false);
+    }
+    if dst.is_file() {
+        return Ok(true);
+    }
+    if let Some(dir) = dst.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    std::fs::copy(&src, &dst).map_err(|e| io(&dst, e))?;
+    Ok(true)
 }
 
 fn io(path: &Path, source: std::io::Error) -> StoreError {
@@ -38,8 +69,10 @@ fn integrity(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Copies the live database at `db` into the new file `dest`, and checks the copy.
-pub fn backup(db: &Path, dest: &Path, busy_timeout_ms: u64) -> Result<BackupReport, StoreError> {
+/// Copies the live database at `db` into the new file `dest`, and checks the
+/// copy; then copies the blob objects it names from the folder `blobs` (if
+/// blobs are kept in one) into `<dest>.blobs/`.
+pub fn backup(db: &Path, dest: &Path, busy_timeout_ms: u64, blobs: Option<&Path>) -> Result<BackupReport, StoreError> {
     if dest.exists() {
         return Err(StoreError::Other(format!("{} exists already; choose a new file", dest.display())));
     }
@@ -53,12 +86,29 @@ pub fn backup(db: &Path, dest: &Path, busy_timeout_ms: u64) -> Result<BackupRepo
     drop(conn);
     integrity(dest)?;
     let bytes = std::fs::metadata(dest).map_err(|e| io(dest, e))?.len();
-    Ok(BackupReport { path: dest.to_path_buf(), bytes })
+    let (mut copied, mut missing) = (0, 0);
+    if let Some(folder) = blobs {
+        let keys: Vec<String> = {
+            let conn = Connection::open_with_flags(dest, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let mut stmt = conn.prepare("SELECT object_key FROM blobs ORDER BY object_key")?;
+            stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?
+        };
+        let beside = blobs_beside(dest);
+        for key in &keys {
+            if copy_object(folder, &beside, key)? {
+                copied += 1;
+            } else {
+                missing += 1;
+            }
+        }
+    }
+    Ok(BackupReport { path: dest.to_path_buf(), bytes, blobs: copied, missing_blobs: missing })
 }
 
 /// Puts the backup `from` in place of the database at `db` (server stopped).
 /// The caller then opens the store and gives it a new epoch.
-pub fn restore(from: &Path, db: &Path) -> Result<BackupReport, StoreError> {
+/// Blob objects in `<from>.blobs/` are copied into the folder `blobs`.
+pub fn restore(from: &Path, db: &Path, blobs: Option<&Path>) -> Result<BackupReport, StoreError> {
     integrity(from)?;
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -77,5 +127,26 @@ pub fn restore(from: &Path, db: &Path) -> Result<BackupReport, StoreError> {
     }
     std::fs::rename(&staged, db).map_err(|e| io(db, e))?;
     let bytes = std::fs::metadata(db).map_err(|e| io(db, e))?.len();
-    Ok(BackupReport { path: db.to_path_buf(), bytes })
+    let beside = blobs_beside(from);
+    let mut copied = 0;
+    if let Some(folder) = blobs.filter(|_| beside.is_dir()) {
+        for key in object_keys(&beside, &beside)? {
+            copied += usize::from(copy_object(&beside, folder, &key)?);
+        }
+    }
+    Ok(BackupReport { path: db.to_path_buf(), bytes, blobs: copied, missing_blobs: 0 })
+}
+
+/// The object keys of every file under `dir`, relative to `root`.
+fn object_keys(root: &Path, dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        if path.is_dir() {
+            out.extend(object_keys(root, &path)?);
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(out)
 }

@@ -126,6 +126,25 @@ const TABLES: &[Table] = &[
         ],
         order: "user_id, push_id",
     },
+    // Blob rows only: the objects stay where `[blobs]` keeps them (see docs/operations.md).
+    Table {
+        name: "blobs",
+        columns: &[
+            ("user_id", Text),
+            ("sha256", Text),
+            ("size", Int),
+            ("object_key", Text),
+            ("created_at", Int),
+            ("touched_at", Int),
+        ],
+        order: "user_id, sha256",
+    },
+    Table {
+        name: "blob_refs",
+        columns: &[("user_id", Text), ("sha256", Text), ("entity", Text), ("record_id", Text)],
+        order: "user_id, sha256, entity, record_id",
+    },
+    Table { name: "blob_garbage", columns: &[("object_key", Text), ("since", Int)], order: "object_key" },
 ];
 
 /// What `sqlite_to_postgres` copied.

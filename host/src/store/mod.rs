@@ -21,11 +21,13 @@
 //! still waiting: a dropped HTTP request never leaves half a job written.
 
 mod backup;
+mod blobs;
 mod conflicts;
 mod copy;
 mod keys;
 mod lite;
 mod migrate;
+mod objects;
 mod pg;
 mod pushlog;
 mod records;
@@ -40,11 +42,13 @@ use tokio::sync::{broadcast, oneshot};
 use crate::config::DatabaseConfig;
 
 pub use crate::model::now_ms;
-pub use backup::{BackupReport, backup, restore};
+pub use backup::{BackupReport, backup, blobs_beside, restore};
+pub use blobs::{BlobRow, Stored};
 pub use conflicts::{ConflictRow, ConflictStatus, NewConflict};
 pub use copy::{Copied, sqlite_to_postgres};
 pub use keys::{ApiKeyRow, NewApiKey};
 pub use migrate::latest_version;
+pub use objects::{Objects, Upload};
 pub use pushlog::{LoggedPush, StoredResponse};
 pub use records::{RecordRow, Usage, UserState};
 

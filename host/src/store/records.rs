@@ -205,7 +205,10 @@ impl ReadTx<'_> {
 /// Runs `f` over `ids` in chunks of a few fixed sizes (padded by repeating
 /// the last id), so the prepared statements stay few: `f` gets the chunk and
 /// its `?3, ?4, …` placeholder list.
-fn for_chunks(ids: &[&str], mut f: impl FnMut(&[&str], &str) -> Result<(), StoreError>) -> Result<(), StoreError> {
+pub(super) fn for_chunks(
+    ids: &[&str],
+    mut f: impl FnMut(&[&str], &str) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     const SIZES: [usize; 4] = [1, 8, 64, 512];
     let mut rest = ids;
     while let Some(last) = rest.last().copied() {

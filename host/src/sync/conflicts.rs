@@ -174,16 +174,25 @@ pub async fn resolve(
                 Resolution::Incoming => data_of(&conflict.incoming)?,
                 Resolution::Record { data, deleted } => {
                     if let Some(ty) = ty {
-                        let refs = super::wire::check_data(&data, ty, &cx.limits)
+                        let named = super::wire::check_data(&data, ty, &cx.limits)
                             .map_err(|e| SyncError::Invalid(format!("record: {e}")))?;
-                        check_parents(tx, &user, ty, &refs)?;
+                        check_parents(tx, &user, ty, &named.refs)?;
                     }
                     (data, deleted)
                 }
             };
+            let now = now_ms();
+            let blobs = ty.map_or_else(Vec::new, |ty| super::blobs::named_by(ty, &data, deleted));
+            let blobs: Vec<&str> = blobs.iter().map(String::as_str).collect();
+            let held = tx.touch_blobs(&user, &blobs, now)?;
+            if let Some(missing) = blobs.iter().find(|h| !held.contains(**h)) {
+                return Err(SyncError::Invalid(format!(
+                    "the record names blob {missing}, which you have not uploaded (or which was collected): \
+                     PUT /api/blobs/{missing} first, then resolve again"
+                )));
+            }
             let state = tx.user_state(&user)?;
             let seq = state.last_seq + 1;
-            let now = now_ms();
             let row = RecordRow {
                 entity: conflict.entity.clone(),
                 id: conflict.record_id.clone(),
@@ -204,6 +213,9 @@ pub async fn resolve(
             // Resolve first, so the version it named is no longer held in history for it.
             tx.mark_conflict_resolved(&user, &id, now)?;
             tx.put_record(&user, &row, current.as_ref(), ty.map_or(0, |t| t.history))?;
+            if ty.is_some_and(|t| !t.blobs.is_empty()) {
+                tx.set_blob_refs(&user, &row.entity, &row.id, &blobs, now)?;
+            }
             tx.update_user_state(&user, Some(seq), &delta)?;
             let mut out = Vec::new();
             out.extend_from_slice(b"{\"id\":");

@@ -4,6 +4,7 @@
 //! applied as one store job (`push`): one transaction, all or nothing, with
 //! its idempotency record written in the same transaction.
 
+pub mod blobs;
 mod budget;
 mod conflicts;
 pub mod cursor;
@@ -21,7 +22,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{Config, ConfigError, QuotaConfig, SyncConfig};
 use crate::metrics::Metrics;
-use crate::store::{Notice, Store, StoreError, now_ms};
+use crate::store::{Notice, Objects, Store, StoreError, now_ms};
 
 pub use budget::{BodyBudget, BodyBytes};
 pub use conflicts::{ConflictQuery, Resolution};
@@ -50,6 +51,9 @@ pub enum SyncError {
     /// A per-user quota would be exceeded; nothing was written (507).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A byte range outside a blob of this many bytes (416).
+    #[error("the requested range is outside the blob's {0} bytes")]
+    RangeNotSatisfiable(u64),
     /// A server-wide bound is reached for the moment; retry (503).
     #[error("{0}")]
     Busy(String),
@@ -79,6 +83,8 @@ pub struct Reference {
 pub struct EntityType {
     pub name: String,
     pub refs: Vec<Reference>,
+    /// Fields of `data` naming blobs (`[entities.<type>] blobs`).
+    pub blobs: Vec<String>,
     pub history: u32,
 }
 
@@ -104,7 +110,12 @@ impl Entities {
                         target_index: order.iter().position(|n| n == target).unwrap_or(usize::MAX),
                     })
                     .collect();
-                EntityType { name: name.clone(), refs, history: e.history.unwrap_or(config.sync.history) }
+                EntityType {
+                    name: name.clone(),
+                    refs,
+                    blobs: e.blobs.clone(),
+                    history: e.history.unwrap_or(config.sync.history),
+                }
             })
             .collect();
         Ok(Entities { types })
@@ -131,6 +142,7 @@ pub struct SyncCore {
     metrics: Arc<Metrics>,
     /// Turns true on shutdown; long polls answer at once then.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    blobs: blobs::Blobs,
 }
 
 /// A random public id (conflicts): 24 lowercase hex digits.
@@ -159,7 +171,17 @@ impl SyncCore {
         let limits = Arc::new(config.sync.clone());
         let quotas = Arc::new(config.quotas.clone());
         let budget = BodyBudget::new(config.server.max_parsing_bytes);
-        Ok(SyncCore { store, entities, limits, quotas, budget, epoch: epoch.into(), rules, metrics, shutdown })
+        let objects = match &config.blobs.url {
+            Some(url) => Objects::s3(url)?,
+            None => Objects::folder(config.blobs.folder(&config.database))?,
+        };
+        let blobs = blobs::Blobs::new(store.clone(), objects, config);
+        Ok(SyncCore { store, entities, limits, quotas, budget, epoch: epoch.into(), rules, metrics, shutdown, blobs })
+    }
+
+    /// Attachments: upload, read, collect.
+    pub fn blobs(&self) -> &blobs::Blobs {
+        &self.blobs
     }
 
     /// The cursor that stands for "up to sequence `seq`".
@@ -308,6 +330,7 @@ impl SyncCore {
             tracing::info!(deleted = conflicts, "deleted resolved conflicts past sync.conflict_retention_days");
         }
         self.compact_tombstones().await?;
+        self.blobs.collect().await?;
         Ok(pushes)
     }
 

@@ -87,8 +87,10 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
         let mut current: HashMap<String, RecordRow> =
             tx.records_of(user, &ty.name, &ids)?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let parents = known_parents(tx, user, ty, records, &fate)?;
+        let blobs = held_blobs(tx, user, ty, records, now)?;
         for (i, incoming) in records.iter().enumerate() {
-            let outcome = match check_refs(ty, incoming, &fate, &parents) {
+            let refused = check_refs(ty, incoming, &fate, &parents).or_else(|| check_blobs(ty, incoming, &blobs));
+            let outcome = match refused {
                 Some(reason) => Outcome::Rejected(reason),
                 None => {
                     let at = Write { tx, user, client: req.client_id.as_deref(), ty, type_index: *type_index, now };
@@ -104,6 +106,19 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
                 let (n, bytes) = tx.supersede_conflicts(user, &ty.name, &incoming.id, client, now)?;
                 delta.open_conflicts -= n;
                 delta.bytes -= bytes;
+            }
+            if !ty.blobs.is_empty() {
+                // What the stored version names keeps those blobs alive.
+                let named = match &outcome {
+                    Outcome::Applied(_) if incoming.deleted => Some(Vec::new()),
+                    Outcome::Applied(_) => Some(incoming.blobs.iter().flatten().cloned().collect()),
+                    Outcome::Merged(row) => Some(super::blobs::named_by(ty, &row.data, row.deleted)),
+                    _ => None,
+                };
+                if let Some(named) = named {
+                    let named: Vec<&str> = named.iter().map(String::as_str).collect();
+                    tx.set_blob_refs(user, &ty.name, &incoming.id, &named, now)?;
+                }
             }
             // A child may only lean on a parent that exists once this push commits.
             let stored = !matches!(outcome, Outcome::Rejected(_) | Outcome::Conflict { server: None, .. });
@@ -200,6 +215,40 @@ fn check_refs(
         }
     }
     None
+}
+
+/// Of the blobs the group's live records name, those the user has (touched,
+/// so none of them is collected while this push names them).
+fn held_blobs(
+    tx: &WriteTx<'_>,
+    user: &str,
+    ty: &EntityType,
+    records: &[Incoming],
+    now: i64,
+) -> Result<HashSet<String>, StoreError> {
+    if ty.blobs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut named: Vec<&str> =
+        records.iter().filter(|r| !r.deleted).flat_map(|r| r.blobs.iter().flatten().map(String::as_str)).collect();
+    named.sort_unstable();
+    named.dedup();
+    tx.touch_blobs(user, &named, now)
+}
+
+/// A reason to reject a live record naming a blob its user has not uploaded.
+fn check_blobs(ty: &EntityType, incoming: &Incoming, held: &HashSet<String>) -> Option<String> {
+    if incoming.deleted {
+        return None;
+    }
+    ty.blobs.iter().zip(&incoming.blobs).find_map(|(field, hash)| {
+        let hash = hash.as_deref()?;
+        (!held.contains(hash)).then(|| {
+            format!(
+                "{field} names blob {hash}, which you have not uploaded: PUT /api/blobs/{hash} first, then push again"
+            )
+        })
+    })
 }
 
 /// Where one record is written.

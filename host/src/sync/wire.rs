@@ -296,17 +296,20 @@ fn parse_record(raw: &RawValue, at: &str, ty: &super::EntityType, limits: &SyncC
         None => return Err(at_id("field `data` is missing (only a tombstone may omit it)")),
         Some(raw) => raw.get().to_string(),
     };
-    let refs = check_data(&data, ty, limits).map_err(|e| at_id(&e))?;
-    Ok(Incoming { id, version, base_version, deleted, data, refs })
+    let Named { refs, blobs } = check_data(&data, ty, limits).map_err(|e| at_id(&e))?;
+    Ok(Incoming { id, version, base_version, deleted, data, refs, blobs })
+}
+
+/// The values of a record's reference and blob fields (see [`Incoming::refs`]).
+#[derive(Default)]
+pub(crate) struct Named {
+    pub refs: Vec<Option<String>>,
+    pub blobs: Vec<Option<String>>,
 }
 
 /// Checks a record's `data` text against the limits and the type's
-/// reference fields; returns the reference values (see [`Incoming::refs`]).
-pub(crate) fn check_data(
-    data: &str,
-    ty: &super::EntityType,
-    limits: &SyncConfig,
-) -> Result<Vec<Option<String>>, String> {
+/// reference and blob fields; returns their values.
+pub(crate) fn check_data(data: &str, ty: &super::EntityType, limits: &SyncConfig) -> Result<Named, String> {
     if !data.starts_with('{') {
         return Err("field `data` must be a JSON object".into());
     }
@@ -324,21 +327,33 @@ pub(crate) fn check_data(
         ));
     }
     // `data` is valid JSON already: callers take it from a parsed body.
-    if ty.refs.is_empty() { Ok(Vec::new()) } else { reference_values(data, ty) }
+    if ty.refs.is_empty() && ty.blobs.is_empty() { Ok(Named::default()) } else { named_values(data, ty) }
 }
 
-/// Reads the type's reference fields out of `data`.
-fn reference_values(data: &str, ty: &super::EntityType) -> Result<Vec<Option<String>>, String> {
+/// Reads the type's reference and blob fields out of `data`.
+fn named_values(data: &str, ty: &super::EntityType) -> Result<Named, String> {
     let fields: BTreeMap<String, &RawValue> =
         serde_json::from_str(data).map_err(|e| format!("field `data` is not a valid object: {e}"))?;
-    ty.refs
+    let string = |field: &str| -> Result<Option<String>, ()> {
+        fields.get(field).map_or(Ok(None), |raw| serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| ()))
+    };
+    let refs = ty
+        .refs
         .iter()
-        .map(|r| match fields.get(&r.field) {
-            None => Ok(None),
-            Some(raw) => match serde_json::from_str::<Option<String>>(raw.get()) {
-                Ok(value) => Ok(value),
-                Err(_) => Err(format!("reference field `data.{}` must be a string id or null", r.field)),
-            },
+        .map(|r| {
+            string(&r.field).map_err(|()| format!("reference field `data.{}` must be a string id or null", r.field))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let blobs = ty
+        .blobs
+        .iter()
+        .map(|field| {
+            match string(field) {
+                Ok(Some(hash)) if !super::blobs::is_sha256(&hash) => Err(()),
+                other => other,
+            }
+            .map_err(|()| format!("blob field `data.{field}` must be a SHA-256 (64 lowercase hex digits) or null"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Named { refs, blobs })
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use crate::support::{Backend, TestServer, backend, cli, expect_problem, pull, pull_all, push_ok, test_config};
 
@@ -31,10 +32,20 @@ async fn a_backup_taken_during_pushes_restores_and_clients_converge() {
     }
     let data = tempfile::tempdir().unwrap();
     config.database.path = data.path().join("accord.db");
+    // Blobs in their default folder, beside the database, where the CLI looks too.
+    config.blobs.dir = std::path::PathBuf::new();
     let db_env = [("ACCORD_DATABASE__PATH", config.database.path.to_str().unwrap().to_string())];
     let env: Vec<(&str, &str)> = db_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = TestServer::start_in(dir, config.clone()).await;
     let key = server.cli_key("alice", &[]);
+    // An attachment, named by a record: the backup carries it.
+    let photo = b"a photo worth keeping".to_vec();
+    let hash: String = sha2::Sha256::digest(&photo).iter().map(|b| format!("{b:02x}")).collect();
+    let blob_url = server.url(&format!("/api/blobs/{hash}"));
+    let r = server.client.put(&blob_url).bearer_auth(&key).body(photo.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let image = json!({"changes": {"imageBlobs": [{"id": "img", "version": 1, "data": {"sha256": hash}}]}});
+    push_ok(&server, &key, &image).await;
 
     // A bounded push loop runs while the backup is taken.
     const PUSHES: usize = 120;
@@ -69,7 +80,9 @@ async fn a_backup_taken_during_pushes_restores_and_clients_converge() {
     .await
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("integrity check ok"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("integrity check ok"), "{said}");
+    assert!(said.contains("copied 1 blob objects"), "{said}");
     pusher.await.unwrap();
     assert!(done.load(Ordering::SeqCst) == PUSHES);
     // A backup never overwrites a file.
@@ -77,9 +90,15 @@ async fn a_backup_taken_during_pushes_restores_and_clients_converge() {
     let late_cursor = pull(&server, &key, "").await["cursor"].as_str().unwrap().to_string();
     server.stop().await;
 
+    // Restoring onto a machine that lost its blob folder too.
+    std::fs::remove_dir_all(data.path().join("blobs")).unwrap();
     let out = cli(&["restore", &file_arg], &env, None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let server = TestServer::start_in(tempfile::tempdir().unwrap(), config).await;
+    let blob_url = server.url(&format!("/api/blobs/{hash}"));
+    let r = server.client.get(&blob_url).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), photo.as_slice());
 
     // A cursor from after the backup is answered 410: the client resyncs.
     let r = server.get(&format!("/api/sync/pull?since={late_cursor}"), &key).send().await.unwrap();
@@ -103,5 +122,5 @@ async fn a_backup_taken_during_pushes_restores_and_clients_converge() {
     }
     let all: BTreeSet<String> =
         pull_all(&server, &key).await.into_iter().map(|(_, r)| r["id"].as_str().unwrap().to_string()).collect();
-    assert_eq!(all.len(), PUSHES * 5);
+    assert_eq!(all.len(), PUSHES * 5 + 1, "every batch and the image record");
 }

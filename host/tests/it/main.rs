@@ -5,6 +5,7 @@ mod support;
 
 mod auth_limit;
 mod backups;
+mod blobs;
 mod cli_config;
 mod compaction;
 mod connections;

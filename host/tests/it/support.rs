@@ -121,6 +121,7 @@ pub fn pg_query(config: &Config, sql: &str) -> String {
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
     use_fresh_database(&mut config, &dir.join("accord.db"));
+    config.blobs.dir = dir.join("blobs");
     // Tests do not need power-loss durability; a crash test that does sets FULL itself.
     config.database.synchronous = accord::config::Synchronous::Normal;
     // Share compiled policy components between test servers (wasmtime's disk cache).

@@ -50,6 +50,7 @@ const CRATE_RULES: &[(&[&str], &[&str], &str)] = &[
         &["store"],
         "only store/ talks to a database",
     ),
+    (&["object_store"], &["store"], "only store/ keeps bytes (blobs go through store::Objects)"),
     (
         &["axum", "axum_extra", "hyper", "hyper_util", "tower", "tower_http", "http_body", "http_body_util"],
         &["http", "server"],
