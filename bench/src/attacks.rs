@@ -93,6 +93,42 @@ pub async fn memory() {
     }
 }
 
+/// Four 32 MiB blob uploads at once (one user's cap, `blobs.max_uploads_per_user`),
+/// streamed in 64 KiB chunks: the server's peak RSS must not grow by the blobs' size.
+pub async fn blobs() {
+    use sha2::Digest as _;
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 512; // 32 MiB, blobs.max_bytes
+    let before = server.peak_rss_mib();
+    let started = Instant::now();
+    let mut uploads = Vec::new();
+    for n in 0..4u8 {
+        let chunk: Vec<u8> = (0..CHUNK).map(|i| (i as u8).wrapping_mul(31).wrapping_add(n)).collect();
+        let mut hasher = sha2::Sha256::new();
+        for _ in 0..CHUNKS {
+            hasher.update(&chunk);
+        }
+        let hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let body = futures_util::stream::iter((0..CHUNKS).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+        let request = client
+            .put(format!("{}/api/blobs/{hash}", server.base))
+            .bearer_auth(&server.key)
+            .body(reqwest::Body::wrap_stream(body));
+        uploads.push(tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }));
+    }
+    let mut statuses = Vec::new();
+    for u in uploads {
+        statuses.push(u.await.unwrap_or(0));
+    }
+    println!(
+        "attack blobs: 4 × 32 MiB uploads at once → statuses {statuses:?} in {:.1} s; server peak RSS {before:.0} → {:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        server.peak_rss_mib(),
+    );
+}
+
 /// Twenty 1 MB records (incompressible), then ten pushes of ~1 KB that each
 /// conflict with all twenty, each with a pushId.
 pub async fn disk() {

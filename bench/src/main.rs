@@ -72,10 +72,14 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
-    /// Issue 7's attacks: gzip memory amplification, conflict disk amplification, fairness between users.
+    /// Issue 7's attacks: gzip memory amplification, conflict disk amplification, fairness between users;
+    /// and large blob uploads at once (issue 11).
     Attacks {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Run one attack only: half-sent, memory, disk, blobs or fairness.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Everything above with default arguments.
     All,
@@ -103,11 +107,23 @@ fn main() {
             }
             Command::Policy { calls } => policy::per_call(calls),
             Command::Updates { records, batch } => updates(records, batch).await,
-            Command::Attacks { seconds } => {
-                attacks::half_sent(500).await;
-                attacks::memory().await;
-                attacks::disk().await;
-                attacks::fairness(seconds).await;
+            Command::Attacks { seconds, only } => {
+                let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+                if run("half-sent") {
+                    attacks::half_sent(500).await;
+                }
+                if run("memory") {
+                    attacks::memory().await;
+                }
+                if run("disk") {
+                    attacks::disk().await;
+                }
+                if run("blobs") {
+                    attacks::blobs().await;
+                }
+                if run("fairness") {
+                    attacks::fairness(seconds).await;
+                }
             }
             Command::All => {
                 first_sync(10_000, 500, 1000).await;
