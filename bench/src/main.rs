@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod attacks;
+mod metrics_cost;
 mod policy;
 
 #[derive(Parser)]
@@ -81,6 +82,11 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// The cost of one metrics observation: hand-written against prometheus-client.
+    Metrics {
+        #[arg(long, default_value_t = 10_000_000)]
+        observations: usize,
+    },
     /// Everything above with default arguments.
     All,
     /// (internal) run the server on a database (a SQLite path or a postgres:// URL) and print its address.
@@ -106,6 +112,7 @@ fn main() {
                 raw_sqlite(records, batch);
             }
             Command::Policy { calls } => policy::per_call(calls),
+            Command::Metrics { observations } => metrics_cost::compare(observations),
             Command::Updates { records, batch } => updates(records, batch).await,
             Command::Attacks { seconds, only } => {
                 let run = |name: &str| only.as_deref().is_none_or(|o| o == name);

@@ -1,6 +1,10 @@
-//! Process-wide counters, rendered for `GET /metrics` in the Prometheus text format.
+//! Process-wide counters and histograms, rendered for `GET /metrics` in the
+//! Prometheus text format.
 //!
-//! Counting is a relaxed atomic add on the request path; nothing here locks.
+//! Hand-written rather than `prometheus-client`: every label value is known
+//! at startup (routes, outcomes), so an observation is a few relaxed atomic
+//! adds at fixed indexes — no lock, no label hashing (BENCHMARKS.md,
+//! "Metrics", compares the two). Nothing here locks.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -18,7 +22,80 @@ pub struct PolicyCounts<'a> {
 /// Per-record push outcomes, in the order of [`Metrics::OUTCOMES`].
 pub type OutcomeCounts = [u64; 5];
 
+/// The routes request durations are kept for (`other` is everything else).
+pub const ROUTES: [&str; 13] = [
+    "/api/sync/push",
+    "/api/sync/pull",
+    "/api/sync/events",
+    "/api/sync/conflicts",
+    "/api/sync/conflicts/{id}/resolve",
+    "/api/blobs/{sha256}",
+    "/api/api-keys",
+    "/api/api-keys/{id}",
+    "/api/admin/policies",
+    "/api/admin/reload",
+    "/healthz",
+    "/readyz",
+    "other",
+];
+
+/// Upper bounds of the duration buckets, in seconds.
+const SECONDS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0];
+/// Upper bounds of the push-size buckets, in records.
+const RECORDS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
+/// Upper bounds of the push-size buckets, in bytes.
+const BYTES: [f64; 9] = [1e3, 1e4, 1e5, 5e5, 1e6, 4e6, 16e6, 32e6, 64e6];
+
+/// A Prometheus histogram with fixed buckets: per-bucket counts (not
+/// cumulative; summed when rendered), a count and a sum.
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    /// Sum of observations, in millionths (of a second, a record, a byte).
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let i = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((value.max(0.0) * 1e6) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[self.bounds.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count.load(Relaxed));
+    }
+}
+
+/// Sizes of the database, read when the metrics are rendered.
 #[derive(Default)]
+pub struct StoreSize {
+    pub database_bytes: Option<u64>,
+    /// SQLite's write-ahead log; `None` on PostgreSQL.
+    pub wal_bytes: Option<u64>,
+}
+
 pub struct Metrics {
     /// HTTP responses by status class (index 0 = 1xx … 4 = 5xx).
     responses: [AtomicU64; 5],
@@ -29,14 +106,40 @@ pub struct Metrics {
     pulls: AtomicU64,
     pulled_records: AtomicU64,
     event_streams: AtomicI64,
+    long_polls: AtomicI64,
+    /// Request durations by route, in the order of [`ROUTES`].
+    durations: Box<[Histogram]>,
+    push_records: Histogram,
+    push_bytes: Histogram,
+    policy_calls: Histogram,
 }
 
-/// Decrements the open-stream gauge when the stream ends.
-pub struct StreamGuard(Arc<Metrics>);
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            responses: Default::default(),
+            client_aborts: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
+            push_replays: AtomicU64::new(0),
+            outcomes: Default::default(),
+            pulls: AtomicU64::new(0),
+            pulled_records: AtomicU64::new(0),
+            event_streams: AtomicI64::new(0),
+            long_polls: AtomicI64::new(0),
+            durations: ROUTES.iter().map(|_| Histogram::new(&SECONDS)).collect(),
+            push_records: Histogram::new(&RECORDS),
+            push_bytes: Histogram::new(&BYTES),
+            policy_calls: Histogram::new(&SECONDS),
+        }
+    }
+}
+
+/// Decrements an open-request gauge (event streams, long polls) when the request ends.
+pub struct StreamGuard(Arc<Metrics>, fn(&Metrics) -> &AtomicI64);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.event_streams.fetch_sub(1, Relaxed);
+        (self.1)(&self.0).fetch_sub(1, Relaxed);
     }
 }
 
@@ -74,11 +177,34 @@ impl Metrics {
 
     pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
         self.event_streams.fetch_add(1, Relaxed);
-        StreamGuard(self.clone())
+        StreamGuard(self.clone(), |m| &m.event_streams)
     }
 
-    /// The Prometheus text exposition of every counter, plus per-policy calls and failures.
-    pub fn render(&self, policies: &[PolicyCounts<'_>]) -> String {
+    pub fn long_poll_started(self: &Arc<Self>) -> StreamGuard {
+        self.long_polls.fetch_add(1, Relaxed);
+        StreamGuard(self.clone(), |m| &m.long_polls)
+    }
+
+    /// A request to `route` (a [`ROUTES`] entry; anything else counts as `other`) took `seconds`.
+    pub fn request(&self, route: &str, seconds: f64) {
+        let i = ROUTES.iter().position(|r| *r == route).unwrap_or(ROUTES.len() - 1);
+        self.durations[i].observe(seconds);
+    }
+
+    /// A push body of `bytes` holding `records` records arrived.
+    pub fn push_size(&self, records: usize, bytes: usize) {
+        self.push_records.observe(records as f64);
+        self.push_bytes.observe(bytes as f64);
+    }
+
+    /// One merge-policy decision took `seconds`.
+    pub fn policy_call(&self, seconds: f64) {
+        self.policy_calls.observe(seconds);
+    }
+
+    /// The Prometheus text exposition of every counter, plus per-policy calls
+    /// and failures and the database's size.
+    pub fn render(&self, policies: &[PolicyCounts<'_>], size: &StoreSize) -> String {
         let mut out = String::with_capacity(2048);
         family(&mut out, "accord_info", "gauge", "Build information.");
         let _ = writeln!(out, "accord_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
@@ -107,6 +233,28 @@ impl Metrics {
         let _ = writeln!(out, "accord_pulled_records_total {}", self.pulled_records.load(Relaxed));
         family(&mut out, "accord_event_streams", "gauge", "Open /api/sync/events streams.");
         let _ = writeln!(out, "accord_event_streams {}", self.event_streams.load(Relaxed));
+        family(&mut out, "accord_long_polls", "gauge", "Pulls with wait > 0 in progress.");
+        let _ = writeln!(out, "accord_long_polls {}", self.long_polls.load(Relaxed));
+        let name = "accord_http_request_duration_seconds";
+        family(&mut out, name, "histogram", "Time from request to response headers, by route.");
+        for (route, h) in ROUTES.iter().zip(self.durations.iter()) {
+            h.render(&mut out, name, &format!("route=\"{route}\""));
+        }
+        family(&mut out, "accord_push_records", "histogram", "Records per push body.");
+        self.push_records.render(&mut out, "accord_push_records", "");
+        family(&mut out, "accord_push_bytes", "histogram", "Bytes per push body (as received, decompressed).");
+        self.push_bytes.render(&mut out, "accord_push_bytes", "");
+        let name = "accord_policy_call_duration_seconds";
+        family(&mut out, name, "histogram", "Time of one merge-policy decision (WebAssembly call included).");
+        self.policy_calls.render(&mut out, name, "");
+        if let Some(bytes) = size.database_bytes {
+            family(&mut out, "accord_database_bytes", "gauge", "Size of the database (SQLite file, or PostgreSQL database).");
+            let _ = writeln!(out, "accord_database_bytes {bytes}");
+        }
+        if let Some(bytes) = size.wal_bytes {
+            family(&mut out, "accord_database_wal_bytes", "gauge", "Size of SQLite's write-ahead log.");
+            let _ = writeln!(out, "accord_database_wal_bytes {bytes}");
+        }
         family(&mut out, "accord_policy_calls_total", "counter", "Merge-policy calls by entity type and policy.");
         for p in policies {
             let _ = writeln!(

@@ -44,6 +44,8 @@ pub async fn observe(
     let declared_bytes =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let route = format!("{} {}", request.method(), request.uri().path());
+    let matched = request.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string());
+    let started = std::time::Instant::now();
     // Count the body bytes as they arrive, so an abort can say how far the upload got.
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
@@ -60,6 +62,7 @@ pub async fn observe(
     let mut guard = Guard { route, declared_bytes, received, done: false, metrics, span: tracing::Span::current() };
     let response = next.run(request).await;
     guard.done = true;
+    guard.metrics.request(matched.as_deref().unwrap_or("other"), started.elapsed().as_secs_f64());
     guard.metrics.response(response.status().as_u16());
     super::ensure_problem(response)
 }

@@ -6,7 +6,7 @@ use axum::http::{Method, Uri};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::metrics::PolicyCounts;
+use crate::metrics::{PolicyCounts, StoreSize};
 
 /// `GET /metrics`: Prometheus text format. Aggregate counters only — no user data.
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
@@ -21,7 +21,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
             failures: b.policy.failures(),
         })
         .collect();
-    let text = state.metrics.render(&counts);
+    let (database_bytes, wal_bytes) = state.store.size().await;
+    let text = state.metrics.render(&counts, &StoreSize { database_bytes, wal_bytes });
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 

@@ -70,7 +70,7 @@ pub async fn pull(
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     // A long poll holds one of the user's slots until it answers or its client goes away.
     let _slot = match query.wait {
-        Some(wait) if wait > 0 => Some(state.limits.long_polls.acquire(&caller.user_id)?),
+        Some(wait) if wait > 0 => Some((state.limits.long_polls.acquire(&caller.user_id)?, state.metrics.long_poll_started())),
         _ => None,
     };
     Ok(json_response(state.sync.pull(&caller.user_id, query).await?))

@@ -239,6 +239,24 @@ impl Store {
         self.read(|tx| migrate::is_current(&tx.conn)).await
     }
 
+    /// The database's size in bytes and, on SQLite, its write-ahead log's
+    /// (for metrics); `None` where it cannot be read.
+    pub async fn size(&self) -> (Option<u64>, Option<u64>) {
+        match &self.inner.backend {
+            Backend::Lite(lite) => {
+                let len = |p: PathBuf| std::fs::metadata(p).ok().map(|m| m.len());
+                let wal = PathBuf::from(format!("{}-wal", lite.path.display()));
+                (len(lite.path.clone()), Some(len(wal).unwrap_or(0)))
+            }
+            Backend::Pg(_) => {
+                let size = self
+                    .read(|tx| tx.conn.first("SELECT pg_database_size(current_database())", &[], |r| r.int(0)))
+                    .await;
+                (size.ok().flatten().and_then(|n| u64::try_from(n).ok()), None)
+            }
+        }
+    }
+
     /// Waits for queued writes to commit, then closes every connection.
     pub async fn close(&self) {
         match &self.inner.backend {

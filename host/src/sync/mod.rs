@@ -207,6 +207,7 @@ impl SyncCore {
     /// The body's budget is held until the push is answered.
     pub async fn push(&self, user: &str, body: BodyBytes) -> Result<String, SyncError> {
         let (entities, limits) = (self.entities.clone(), self.limits.clone());
+        let body_bytes = body.bytes().len();
         let (request, _budget) = tokio::task::spawn_blocking(move || {
             let parsed = wire::parse_push(body.bytes(), &entities, &limits);
             // The parsed push holds about as much again as the body: keep its budget.
@@ -214,7 +215,9 @@ impl SyncCore {
         })
         .await
         .map_err(|e| SyncError::Store(StoreError::Other(format!("push parser failed: {e}"))))??;
+        self.metrics.push_size(request.record_count, body_bytes);
         let (entities, quotas, epoch) = (self.entities.clone(), self.quotas.clone(), self.epoch.clone());
+        let metrics = self.metrics.clone();
         // In-flight pushes finish on the rules they started with, whatever a reload does.
         let rules = self.rules.current();
         let weight = request.record_count;
@@ -228,6 +231,7 @@ impl SyncCore {
                     quotas: &quotas,
                     epoch: &epoch,
                     now: now_ms(),
+                    metrics: &metrics,
                 };
                 let applied = push::apply(tx, &owner, &cx, &request)?;
                 let notice = match &applied {

@@ -50,6 +50,7 @@ pub struct Context<'a> {
     pub quotas: &'a QuotaConfig,
     pub epoch: &'a str,
     pub now: i64,
+    pub metrics: &'a crate::metrics::Metrics,
 }
 
 /// Applies a push for `user`. An `Err` (a quota reached) rolls back
@@ -93,7 +94,15 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
             let outcome = match refused {
                 Some(reason) => Outcome::Rejected(reason),
                 None => {
-                    let at = Write { tx, user, client: req.client_id.as_deref(), ty, type_index: *type_index, now };
+                    let at = Write {
+                        tx,
+                        metrics: cx.metrics,
+                        user,
+                        client: req.client_id.as_deref(),
+                        ty,
+                        type_index: *type_index,
+                        now,
+                    };
                     let server = current.remove(&incoming.id);
                     decide_and_write(&at, rules, incoming, server, &mut seq, &mut delta)?
                 }
@@ -254,6 +263,7 @@ fn check_blobs(ty: &EntityType, incoming: &Incoming, held: &HashSet<String>) -> 
 /// Where one record is written.
 struct Write<'a, 't> {
     tx: &'a WriteTx<'t>,
+    metrics: &'a crate::metrics::Metrics,
     user: &'a str,
     client: Option<&'a str>,
     ty: &'a EntityType,
@@ -289,7 +299,9 @@ fn decide_and_write(
         _ => None,
     };
     let input = MergeInput { entity: &ty.name, user, server: server.as_ref(), base: base.as_ref(), incoming };
+    let started = std::time::Instant::now();
     let decision = rules.decide(type_index, &input);
+    at.metrics.policy_call(started.elapsed().as_secs_f64());
     let version = server.as_ref().map_or(incoming.version, |s| s.version.saturating_add(1).max(incoming.version));
     let mut store_as = |data: &str, deleted: bool| -> Result<RecordRow, StoreError> {
         *seq += 1;

@@ -340,8 +340,27 @@ async fn metrics_count_what_happened() {
         "accord_pulled_records_total 3",
         "accord_policy_calls_total{entity=\"pages\",policy=\"field-merge\"} 4",
         "accord_policy_failures_total{entity=\"pages\",policy=\"field-merge\"} 0",
+        // Histograms: request durations by route, push sizes, policy calls.
+        "accord_http_request_duration_seconds_count{route=\"/api/sync/push\"} 2",
+        "accord_http_request_duration_seconds_count{route=\"/api/sync/pull\"} 1",
+        "accord_http_request_duration_seconds_bucket{route=\"/api/sync/pull\",le=\"+Inf\"} 1",
+        "accord_http_request_duration_seconds_count{route=\"other\"} 1",
+        "accord_push_records_count 2",
+        "accord_push_records_sum 4",
+        "accord_push_records_bucket{le=\"1\"} 1",
+        "accord_push_records_bucket{le=\"10\"} 2",
+        "accord_policy_call_duration_seconds_count 4",
+        "accord_event_streams 0",
+        "accord_long_polls 0",
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+    let gauge = |name: &str| -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|n| n.parse().ok())
+    };
+    assert!(gauge("accord_database_bytes").is_some_and(|n| n > 0), "{text}");
+    if crate::support::backend() == crate::support::Backend::Sqlite {
+        assert!(gauge("accord_database_wal_bytes").is_some(), "{text}");
     }
     let not_found: u64 = text
         .lines()
