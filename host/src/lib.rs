@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -39,7 +39,7 @@ const TICK: Duration = Duration::from_millis(1);
 /// A reused instance is replaced after this many calls, so guest-side leaks stay bounded.
 const CALLS_PER_INSTANCE: u64 = 10_000;
 /// Longest reason text kept from a policy.
-const MAX_REASON: usize = 1024;
+pub const MAX_REASON: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -346,8 +346,9 @@ impl Policy {
     }
 }
 
-/// Checks what a policy returned before the host trusts it.
-fn validate(decision: Decision, limits: &Limits) -> Result<Decision, PolicyFailure> {
+/// Checks what a policy returned before the host trusts it (also the
+/// `policy_output` fuzz target's subject).
+pub fn validate(decision: Decision, limits: &Limits) -> Result<Decision, PolicyFailure> {
     let clip = |mut s: String| {
         if s.len() > MAX_REASON {
             let mut end = MAX_REASON;

@@ -7,6 +7,7 @@ mod auth_limit;
 mod backups;
 mod blobs;
 mod cli_config;
+mod fuzz_regressions;
 mod compaction;
 mod connections;
 mod hardening;

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("auth", &["model", "config", "store"]),
     ("sync", &["model", "config", "metrics", "store"]),
     ("http", &["model", "config", "metrics", "store", "policy", "auth", "sync"]),
+    ("fuzzing", &["model", "config", "policy", "auth", "sync"]),
     ("server", &["model", "config", "metrics", "store", "policy", "auth", "sync", "http"]),
     ("cli", &["model", "config", "metrics", "store", "policy", "auth", "sync", "http", "server"]),
 ];
