@@ -248,7 +248,12 @@ impl Metrics {
         family(&mut out, name, "histogram", "Time of one merge-policy decision (WebAssembly call included).");
         self.policy_calls.render(&mut out, name, "");
         if let Some(bytes) = size.database_bytes {
-            family(&mut out, "accord_database_bytes", "gauge", "Size of the database (SQLite file, or PostgreSQL database).");
+            family(
+                &mut out,
+                "accord_database_bytes",
+                "gauge",
+                "Size of the database (SQLite file, or PostgreSQL database).",
+            );
             let _ = writeln!(out, "accord_database_bytes {bytes}");
         }
         if let Some(bytes) = size.wal_bytes {

@@ -70,7 +70,9 @@ pub async fn pull(
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     // A long poll holds one of the user's slots until it answers or its client goes away.
     let _slot = match query.wait {
-        Some(wait) if wait > 0 => Some((state.limits.long_polls.acquire(&caller.user_id)?, state.metrics.long_poll_started())),
+        Some(wait) if wait > 0 => {
+            Some((state.limits.long_polls.acquire(&caller.user_id)?, state.metrics.long_poll_started()))
+        }
         _ => None,
     };
     Ok(json_response(state.sync.pull(&caller.user_id, query).await?))
@@ -84,10 +86,12 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     caller.require(Scope::SyncRead)?;
     let slot = state.limits.streams.acquire(&caller.user_id)?;
+    // Only this user's commits (and resyncs) reach this stream.
+    let notices = state.sync.subscribe(&caller.user_id);
     let user = caller.user_id;
     let sync = state.sync.clone();
     let open = state.metrics.stream_opened();
-    let changes = BroadcastStream::new(state.sync.subscribe()).filter_map(move |notice| {
+    let changes = BroadcastStream::new(notices).filter_map(move |notice| {
         // The gauge and the user's stream slot are released when the stream is dropped.
         let _held = (&open, &slot);
         let event = match notice {

@@ -27,6 +27,7 @@ mod copy;
 mod keys;
 mod lite;
 mod migrate;
+mod notices;
 mod objects;
 mod pg;
 mod pushlog;
@@ -48,12 +49,10 @@ pub use conflicts::{ConflictRow, ConflictStatus, NewConflict};
 pub use copy::{Copied, sqlite_to_postgres};
 pub use keys::{ApiKeyRow, NewApiKey};
 pub use migrate::latest_version;
+use notices::NoticeHub;
 pub use objects::{Objects, Upload};
 pub use pushlog::{LoggedPush, StoredResponse};
 pub use records::{RecordRow, Usage, UserState};
-
-/// Change notices buffered per subscriber before it is told it lagged.
-const NOTICE_BUFFER: usize = 1024;
 
 /// "User `user`'s data changed, up to sequence `seq`" — published after commit
 /// (on PostgreSQL, to every host). A notice with `seq < 0` means "notices may
@@ -167,7 +166,7 @@ enum Backend {
 
 struct Inner {
     backend: Backend,
-    notices: broadcast::Sender<Notice>,
+    notices: Arc<NoticeHub>,
 }
 
 impl Store {
@@ -175,7 +174,7 @@ impl Store {
     /// the writer (SQLite) or the pool and change listener (PostgreSQL).
     /// Blocking: call it off the async runtime.
     pub fn open(config: &DatabaseConfig) -> Result<Store, StoreError> {
-        let notices = broadcast::channel(NOTICE_BUFFER).0;
+        let notices = Arc::new(NoticeHub::default());
         let backend = match &config.url {
             Some(url) => Backend::Pg(pg::Pg::open(url, config, notices.clone())?),
             None => Backend::Lite(lite::Lite::open(config)?),
@@ -229,9 +228,9 @@ impl Store {
         }
     }
 
-    /// Notices of committed changes, for long polls and event streams.
-    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.inner.notices.subscribe()
+    /// Notices of `user`'s committed changes (and resyncs), for long polls and event streams.
+    pub fn subscribe(&self, user: &str) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe(user)
     }
 
     /// True when the database answers and every known migration is applied.
@@ -278,7 +277,7 @@ impl Store {
 struct Pending<F, T, E> {
     f: F,
     tx: oneshot::Sender<Result<T, E>>,
-    notices: broadcast::Sender<Notice>,
+    notices: Arc<NoticeHub>,
 }
 
 impl<F, T, E> writer::WriteJob for Pending<F, T, E>
@@ -296,7 +295,7 @@ where
                 keep: true,
                 finish: Box::new(move |committed| {
                     if let (Ok(()), Some(notice)) = (&committed, notice) {
-                        let _ = notices.send(notice);
+                        notices.publish(notice);
                     }
                     let _ = tx.send(committed.map(|()| value).map_err(E::from));
                 }),

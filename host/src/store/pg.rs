@@ -21,10 +21,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::sql::{Conn, PgConn};
-use super::{Notice, ReadTx, StoreError, WriteTx, migrate};
+use super::{Notice, NoticeHub, ReadTx, StoreError, WriteTx, migrate};
 use crate::config::DatabaseConfig;
 
 /// The notification channel (NOTIFY is scoped to the database already).
@@ -73,7 +73,7 @@ fn connect(url: &str, busy: Duration) -> Result<PgConn, StoreError> {
 }
 
 impl Pg {
-    pub fn open(url: &str, config: &DatabaseConfig, notices: broadcast::Sender<Notice>) -> Result<Pg, StoreError> {
+    pub fn open(url: &str, config: &DatabaseConfig, notices: Arc<NoticeHub>) -> Result<Pg, StoreError> {
         let wait = Duration::from_millis(config.busy_timeout_ms);
         // At startup, say which setting leads to the database that cannot be reached.
         let mut first = connect(url, wait).map_err(|e| match e {
@@ -270,7 +270,7 @@ where
 
 /// The listener thread: publishes every host's change notices to this host's
 /// subscribers, until the store closes.
-fn listen(url: &str, notices: &broadcast::Sender<Notice>, closed: &AtomicBool) {
+fn listen(url: &str, notices: &NoticeHub, closed: &AtomicBool) {
     let mut connected_before = false;
     while !closed.load(Ordering::Relaxed) {
         match postgres::Client::connect(url, postgres::NoTls) {
@@ -279,7 +279,7 @@ fn listen(url: &str, notices: &broadcast::Sender<Notice>, closed: &AtomicBool) {
                     if connected_before {
                         // Notices sent while we were away are lost: everyone looks again.
                         tracing::info!("change listener reconnected; streams resync");
-                        let _ = notices.send(Notice::resync());
+                        notices.publish(Notice::resync());
                     }
                     connected_before = true;
                     relay(&mut client, notices, closed);
@@ -295,7 +295,7 @@ fn listen(url: &str, notices: &broadcast::Sender<Notice>, closed: &AtomicBool) {
 }
 
 /// Relays notifications until the connection fails or the store closes.
-fn relay(client: &mut postgres::Client, notices: &broadcast::Sender<Notice>, closed: &AtomicBool) {
+fn relay(client: &mut postgres::Client, notices: &NoticeHub, closed: &AtomicBool) {
     while !closed.load(Ordering::Relaxed) {
         let next = client.notifications().timeout_iter(LISTEN_TICK).next();
         match next.transpose() {
@@ -303,7 +303,7 @@ fn relay(client: &mut postgres::Client, notices: &broadcast::Sender<Notice>, clo
                 if let Some((seq, user)) = n.payload().split_once(':')
                     && let Ok(seq) = seq.parse::<i64>()
                 {
-                    let _ = notices.send(Notice { user: user.to_string(), seq });
+                    notices.publish(Notice { user: user.to_string(), seq });
                 }
             }
             Some(Err(e)) => {

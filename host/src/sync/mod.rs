@@ -266,7 +266,7 @@ impl SyncCore {
             return Err(SyncError::BadRequest("`limit` must be at least 1".into()));
         }
         let wait = Duration::from_secs(query.wait.unwrap_or(0).min(self.limits.max_wait_secs));
-        let mut notices = (!wait.is_zero()).then(|| self.store.subscribe());
+        let mut notices = (!wait.is_zero()).then(|| self.store.subscribe(user));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let page = self.read_page(user, &since, &types, limit).await?;
@@ -315,9 +315,9 @@ impl SyncCore {
         conflicts::resolve(&self.store, cx, user, conflict_id, resolution).await
     }
 
-    /// Notices of every commit; callers filter by user.
-    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.store.subscribe()
+    /// Notices of `user`'s commits, and resyncs.
+    pub fn subscribe(&self, user: &str) -> broadcast::Receiver<Notice> {
+        self.store.subscribe(user)
     }
 
     /// Forgets pushIds and resolved conflicts past their retention windows,
