@@ -320,3 +320,28 @@ test("429 with Retry-After (failed-authentication limit) is waited out, then the
     await own.stop();
   }
 });
+
+test("a started client's event stream reconnects after the server restarts", async () => {
+  const own = await startAccord();
+  let restarted;
+  try {
+    const key = own.key("restart-user");
+    const live = new AccordClient({ url: own.url, token: key, live: "sse", retry: { baseMs: 20, maxMs: 200 } });
+    clients.push(live);
+    let opens = 0;
+    live.on("live", (up) => up && opens++);
+    live.start();
+    await until(() => opens === 1, 5000, "the stream to open");
+    const port = own.port;
+    await own.stop({ keep: true });
+    restarted = await startAccord({ dir: own.dir, port });
+    await until(() => opens === 2, 10_000, "the stream to reopen");
+    const writer = new AccordClient({ url: restarted.url, token: key, live: "off" });
+    await writer.put("pages", "after-restart", { ok: true });
+    await writer.sync();
+    await until(async () => (await live.get("pages", "after-restart")) !== undefined, 5000, "the change to arrive");
+    await live.stop();
+  } finally {
+    await (restarted ?? own).stop();
+  }
+});
