@@ -21,3 +21,4 @@ mod sync_crash;
 mod sync_pull;
 mod sync_push;
 mod tidy;
+mod typescript_client;
