@@ -78,6 +78,14 @@ test("two browser devices edit offline, reload, come back and converge with the 
   assert.deepEqual(await state(b), await state(a));
   assert.equal(await b.page.evaluate(() => window.app.liveOpens()), 1, "B's event stream is open (cross-origin SSE over fetch)");
 
+  // The page can read the response headers it needs across origins (Retry-After, X-Request-Id: exposed).
+  const headers = await a.page.evaluate(async ([url, token]) => {
+    const res = await fetch(`${url}/api/sync/pull?since=not-a-cursor`, { headers: { authorization: `Bearer ${token}` } });
+    return { status: res.status, requestId: res.headers.get("x-request-id"), body: await res.json() };
+  }, [accord.url, key]);
+  assert.equal(headers.status, 400);
+  assert.equal(headers.requestId, headers.body.requestId, "X-Request-Id is readable cross-origin");
+
   // Offline: A's requests to the API are blocked (its page still loads), B's context is offline.
   await a.context.route(`${accord.url}/**`, (route) => route.abort("internetdisconnected"));
   await b.context.setOffline(true);
