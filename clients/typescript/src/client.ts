@@ -564,6 +564,7 @@ export class AccordClient {
       watchdog = setTimeout(stop, this.opts.heartbeatTimeoutMs);
     };
     let open = false;
+    let received = false;
     try {
       arm();
       let res: Response;
@@ -588,6 +589,7 @@ export class AccordClient {
           throw new NetworkError(e);
         });
         if (done) break;
+        received = true;
         arm();
         for (const ev of parser.push(value)) {
           if (ev.event === "change") void this.requestRound();
@@ -597,6 +599,8 @@ export class AccordClient {
           }
         }
       }
+      // Not even a heartbeat: e.g. a proxy that buffers the stream. Counts as a failure (towards long polls).
+      if (!received && !this.stopper.signal.aborted) throw new Error("the event stream ended without data");
     } finally {
       clearTimeout(watchdog);
       this.stopper.signal.removeEventListener("abort", stop);

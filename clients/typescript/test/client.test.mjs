@@ -345,3 +345,37 @@ test("a started client's event stream reconnects after the server restarts", asy
     await (restarted ?? own).stop();
   }
 });
+
+test("live: \"auto\" falls back to long polls when the event stream keeps failing", async () => {
+  const key = newUser();
+  const proxy = await startProxy(server.url, () => false, (req) => req.url.startsWith("/api/sync/events"));
+  try {
+    const c = client(key, { url: proxy.url, live: "auto", pollWaitSecs: 5 });
+    c.start();
+    await until(() => proxy.requests.some((r) => r.path.includes("wait=5")), 10_000, "a long poll");
+    assert.equal(proxy.requests.filter((r) => r.refused).length, 3, "three failed streams, then long polls");
+    const writer = client(key);
+    await writer.put("pages", "polled", { n: 1 });
+    await writer.sync();
+    await until(async () => (await c.get("pages", "polled")) !== undefined, 8000, "the long poll to bring the change");
+    await c.stop();
+  } finally {
+    await proxy.close();
+  }
+});
+
+test("a push the server refuses whole (422) is split until the invalid record is rejected alone", async () => {
+  const key = newUser();
+  const a = client(key);
+  let deep = { leaf: true };
+  for (let i = 0; i < 70; i++) deep = { deep }; // deeper than sync.max_json_depth (64)
+  await a.put("pages", "ok1", { n: 1 });
+  await a.put("pages", "bad", deep);
+  await a.put("pages", "ok2", { n: 2 });
+  await a.sync();
+  const status = Object.fromEntries(a.results.map((r) => [r.id, r.status]));
+  assert.deepEqual(status, { ok1: "applied", bad: "rejected", ok2: "applied" });
+  assert.match(a.results.find((r) => r.id === "bad").reason, /depth|nest/i);
+  assert.deepEqual([...(await serverState(server.url, key)).keys()].sort(), ["pages/ok1", "pages/ok2"]);
+  assert.equal(await a.pendingCount(), 0);
+});

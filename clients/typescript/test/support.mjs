@@ -125,11 +125,17 @@ export async function serverState(url, key) {
 /**
  * A proxy on 127.0.0.1 in front of `target`. `drop(req, body)` deciding true makes it forward the
  * request, wait for the server's whole answer, and then cut the client's connection instead of answering.
- * `requests` lists what passed through: {method, path, body, dropped}.
+ * `refuse(req)` true answers 502 at once, as a proxy that does not pass the request on.
+ * `requests` lists what passed through: {method, path, body, dropped, refused}.
  */
-export async function startProxy(target, drop = () => false) {
+export async function startProxy(target, drop = () => false, refuse = () => false) {
   const requests = [];
   const server = createServer((req, res) => {
+    if (refuse(req)) {
+      requests.push({ method: req.method, path: req.url, body: "", refused: true });
+      res.writeHead(502, { "content-type": "text/plain" }).end("bad gateway");
+      return;
+    }
     const chunks = [];
     req.on("data", (c) => chunks.push(c));
     req.on("end", () => {
