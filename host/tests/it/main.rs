@@ -23,3 +23,4 @@ mod sync_crash;
 mod sync_pull;
 mod sync_push;
 mod tidy;
+mod typescript_client;
