@@ -75,6 +75,20 @@ async fn cors_answers_configured_origins() {
         r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
         Some("https://app.example")
     );
+    // A blob upload from a browser: PUT with the client's own request id; the preflight is cached.
+    let r = server
+        .client
+        .request(reqwest::Method::OPTIONS, server.url(&format!("/api/blobs/{}", "a".repeat(64))))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PUT")
+        .header("access-control-request-headers", "authorization,x-request-id,content-type")
+        .send()
+        .await
+        .unwrap();
+    let allowed = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_ascii_lowercase());
+    assert!(allowed("access-control-allow-methods").is_some_and(|m| m.contains("put")));
+    assert!(allowed("access-control-allow-headers").is_some_and(|h| h.contains("x-request-id")));
+    assert_eq!(allowed("access-control-max-age").as_deref(), Some("600"));
     let r = server.client.get(server.url("/healthz")).header("origin", "https://evil.example").send().await.unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
