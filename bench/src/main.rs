@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 mod attacks;
 mod metrics_cost;
 mod policy;
+mod streams;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks for the Accord sync server")]
@@ -82,6 +83,15 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Many idle event streams across many users: server memory, and push latency with and without them.
+    Streams {
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[arg(long, default_value_t = 500)]
+        pushes: usize,
+    },
     /// The cost of one metrics observation: hand-written against prometheus-client.
     Metrics {
         #[arg(long, default_value_t = 10_000_000)]
@@ -113,6 +123,7 @@ fn main() {
             }
             Command::Policy { calls } => policy::per_call(calls),
             Command::Metrics { observations } => metrics_cost::compare(observations),
+            Command::Streams { streams, users, pushes } => streams::idle_streams(streams, users, pushes).await,
             Command::Updates { records, batch } => updates(records, batch).await,
             Command::Attacks { seconds, only } => {
                 let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -147,7 +158,8 @@ fn main() {
 }
 
 async fn run_server(db: String) {
-    let mut config = Config::default();
+    // Defaults, with ACCORD_* variables over them (scenarios that need other limits set them).
+    let mut config = Config::load(None).unwrap();
     if db.starts_with("postgres") {
         config.database.url = Some(db);
     } else {
@@ -196,10 +208,11 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-async fn spawn_server(target: &str) -> (tokio::process::Child, String) {
+async fn spawn_server(target: &str, env: &[(&str, String)]) -> (tokio::process::Child, String) {
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .arg("server")
         .arg(target)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -216,7 +229,16 @@ impl Server {
         Server::start_hosts(1).await
     }
 
+    /// One server with `ACCORD_*` variables set for it.
+    async fn start_with_env(env: &[(&str, String)]) -> Server {
+        Server::start_hosts_env(1, env).await
+    }
+
     async fn start_hosts(hosts: usize) -> Server {
+        Server::start_hosts_env(hosts, &[]).await
+    }
+
+    async fn start_hosts_env(hosts: usize, env: &[(&str, String)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let config = bench_config(dir.path());
         let db = config.database.path.clone();
@@ -225,10 +247,10 @@ impl Server {
             apikey::issue(&store, "bench", "bench", &[Scope::SyncRead, Scope::SyncWrite], None).await.unwrap();
         store.close().await;
         let target = config.database.url.clone().unwrap_or_else(|| db.display().to_string());
-        let (child, base) = spawn_server(&target).await;
+        let (child, base) = spawn_server(&target, env).await;
         let mut others = Vec::new();
         for _ in 1..hosts {
-            others.push(spawn_server(&target).await);
+            others.push(spawn_server(&target, env).await);
         }
         Server { child, base, key, db, config, others, _dir: dir }
     }
