@@ -182,6 +182,7 @@ async fn exchange(
     };
     drop(server);
     if let Some(push_id) = push_id(&request)
+        && response.starts_with(b"HTTP/1.1 200 ")
         && let Some(body) = body_of(&response)
     {
         answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(push_id).or_default().push(body);

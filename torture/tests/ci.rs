@@ -39,7 +39,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn converge_opts(seeds: std::ops::Range<u64>, faults: bool) -> ConvergeOpts {
-    ConvergeOpts { seeds, devices: 3, ops: 20, jobs: 4, faults, max_secs: 240, max_failures: 5 }
+    ConvergeOpts { seeds, devices: 3, ops: 60, jobs: 4, faults, max_secs: 240, max_failures: 5 }
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn crash_20_cycles() {
 
 #[test]
 fn faults_exactly_once() {
-    let opts = converge_opts(1000..1030, true);
+    let opts = converge_opts(1000..1060, true);
     let report = runtime()
         .block_on(converge::run(ServerOpts::new(accord_bin(), None), opts.clone()))
         .unwrap_or_else(|e| panic!("faults: {e}"));
