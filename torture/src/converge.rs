@@ -15,8 +15,14 @@ use crate::model::{Sim, SimOpts, Stats};
 use crate::proxy::{FaultMix, Proxy};
 use crate::server::{Server, ServerOpts, token};
 
-/// Seeds that once found a bug (none in the server so far); the CI test runs them.
-pub const REGRESSION_SEEDS: &[u64] = &[];
+/// Seeds that once found a bug, run by the CI test with [`REGRESSION_OPS`]
+/// actions. None has found one in the server so far; these found one in the
+/// checker itself (a conflict from a push whose answer was "lost" was listed
+/// before the device had taken the answer in).
+pub const REGRESSION_SEEDS: &[u64] = &[0, 13, 28, 31, 45];
+
+/// Actions per seed for [`REGRESSION_SEEDS`].
+pub const REGRESSION_OPS: usize = 100;
 
 #[derive(Clone, Debug)]
 pub struct ConvergeOpts {

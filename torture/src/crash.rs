@@ -103,14 +103,14 @@ impl Device {
     fn build(&mut self) -> Push {
         self.next += 1;
         let n = self.next;
-        let units = self.rng.range(1, 6);
+        let units = self.rng.range(1, 3);
         self.units.insert(n, units);
         let keys = keys_of(&self.name, n, units);
         let mut changes: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
         for (t, id) in &keys {
             let unit = id.rsplit('-').nth(1).unwrap_or("0");
             let prefix = format!("{}-{n}-{unit}-", self.name);
-            let mut data = json!({"n": n, "text": "x".repeat(self.rng.range(10, 400) as usize)});
+            let mut data = json!({"n": n, "text": "x".repeat(self.rng.range(10, 60) as usize)});
             for (field, parent) in TYPES[*t].refs {
                 data[*field] = json!(format!("{prefix}{}", TYPES[*parent].name));
             }
@@ -185,7 +185,7 @@ async fn device_loop(shared: Arc<Shared>, i: usize) {
             }
         };
         // A device pushes every few milliseconds (and retries as often through an outage).
-        let pause = if ok { 2 + (i as u64 * 7 + shared.pushes_acked.load(Ordering::Relaxed)) % 9 } else { 5 };
+        let pause = if ok { 10 + (i as u64 * 7 + shared.pushes_acked.load(Ordering::Relaxed)) % 20 } else { 5 };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
@@ -241,9 +241,18 @@ async fn pull_into(
     Err("pull never ended".into())
 }
 
-/// `PRAGMA integrity_check` on the database of the dead server.
+/// `PRAGMA integrity_check` on the database of the dead server, read-only
+/// (nothing is checkpointed: the server recovers the WAL itself), with the
+/// `sqlite3` command-line shell when installed, else the bundled SQLite.
 pub fn integrity_check(path: &std::path::Path) -> Outcome<()> {
     use rusqlite::OpenFlags;
+    if let Ok(out) =
+        std::process::Command::new("sqlite3").arg("-readonly").arg(path).arg("PRAGMA integrity_check;").output()
+        && out.status.success()
+    {
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        return if text == "ok" { Ok(()) } else { Err(format!("PRAGMA integrity_check: {text}")) };
+    }
     let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .or_else(|_| rusqlite::Connection::open(path))
         .map_err(|e| format!("open {}: {e}", path.display()))?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use accord_torture::converge::{self, ConvergeOpts, REGRESSION_SEEDS};
+use accord_torture::converge::{self, ConvergeOpts, REGRESSION_OPS, REGRESSION_SEEDS};
 use accord_torture::crash::{self, CrashOpts};
 use accord_torture::server::ServerOpts;
 
@@ -56,7 +56,7 @@ fn converge_200_seeds() {
 #[test]
 fn converge_regression_seeds() {
     for &seed in REGRESSION_SEEDS {
-        let opts = converge_opts(seed..seed + 1, false);
+        let opts = ConvergeOpts { ops: REGRESSION_OPS, ..converge_opts(seed..seed + 1, false) };
         let report = runtime()
             .block_on(converge::run(ServerOpts::new(accord_bin(), None), opts.clone()))
             .unwrap_or_else(|e| panic!("converge: {e}"));
