@@ -48,7 +48,12 @@ impl Api {
 
     /// Opens `GET /api/sync/events`; the caller reads the stream.
     pub async fn events(&self) -> Result<reqwest::Response, String> {
-        let r = self.client.get(format!("{}/api/sync/events", self.base)).bearer_auth(&self.token);
+        // A stream lives as long as the caller reads it: no whole-request timeout.
+        let r = self
+            .client
+            .get(format!("{}/api/sync/events", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(86_400));
         r.send().await.map_err(|e| describe(&e))
     }
 
