@@ -75,6 +75,13 @@ fn components() {
         println!("cargo::rerun-if-changed={}", root.join(watched).display());
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // `cargo fuzz` builds on nightly, which may lack the wasm target: it reuses
+    // the components a stable build made (fuzz/README.md).
+    println!("cargo::rerun-if-env-changed=ACCORD_PREBUILT_COMPONENTS");
+    if let Ok(prebuilt) = std::env::var("ACCORD_PREBUILT_COMPONENTS") {
+        copy_components(Path::new(&prebuilt), &out.join("policies"));
+        return;
+    }
     // A target dir of its own: the outer build holds the lock on the usual one.
     let target = wasm_target_dir(&out);
     ensure_wasm_target();
@@ -92,12 +99,16 @@ fn components() {
     }
     let status = cmd.status().expect("run cargo to build the policy components");
     assert!(status.success(), "building the policy components for wasm32-wasip2 failed (see the output above)");
-    let dest = out.join("policies");
-    std::fs::create_dir_all(&dest).expect("create OUT_DIR/policies");
+    copy_components(&target.join("wasm32-wasip2/plugin"), &out.join("policies"));
+}
+
+/// Copies the built components from `built` (cargo's output folder) into `dest`
+/// under their policy names, and tells the crate where they are.
+fn copy_components(built: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).expect("create OUT_DIR/policies");
     for (package, name) in COMPONENTS {
-        let built = target.join("wasm32-wasip2/plugin").join(format!("{}.wasm", package.replace('-', "_")));
-        std::fs::copy(&built, dest.join(format!("{name}.wasm")))
-            .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+        let file = built.join(format!("{}.wasm", package.replace('-', "_")));
+        std::fs::copy(&file, dest.join(format!("{name}.wasm"))).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
     }
     println!("cargo::rustc-env=BUILT_COMPONENTS_DIR={}", dest.display());
 }
