@@ -108,7 +108,8 @@ fn copy_components(built: &Path, dest: &Path) {
     std::fs::create_dir_all(dest).expect("create OUT_DIR/policies");
     for (package, name) in COMPONENTS {
         let file = built.join(format!("{}.wasm", package.replace('-', "_")));
-        std::fs::copy(&file, dest.join(format!("{name}.wasm"))).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+        std::fs::copy(&file, dest.join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
     }
     println!("cargo::rustc-env=BUILT_COMPONENTS_DIR={}", dest.display());
 }
