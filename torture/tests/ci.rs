@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use accord_torture::converge::{self, ConvergeOpts, REGRESSION_OPS, REGRESSION_SEEDS};
 use accord_torture::crash::{self, CrashOpts};
@@ -34,6 +34,14 @@ fn accord_bin() -> PathBuf {
     .clone()
 }
 
+/// One scenario at a time: each restarts servers and opens thousands of
+/// connections, and run side by side on a small machine they would measure
+/// each other (and could race for a just-freed port) rather than the server.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
@@ -44,6 +52,7 @@ fn converge_opts(seeds: std::ops::Range<u64>, faults: bool) -> ConvergeOpts {
 
 #[test]
 fn converge_200_seeds() {
+    let _serial = one_at_a_time();
     let opts = converge_opts(0..200, false);
     let report = runtime()
         .block_on(converge::run(ServerOpts::new(accord_bin(), None), opts.clone()))
@@ -55,6 +64,7 @@ fn converge_200_seeds() {
 
 #[test]
 fn converge_regression_seeds() {
+    let _serial = one_at_a_time();
     for &seed in REGRESSION_SEEDS {
         let opts = ConvergeOpts { ops: REGRESSION_OPS, ..converge_opts(seed..seed + 1, false) };
         let report = runtime()
@@ -67,6 +77,7 @@ fn converge_regression_seeds() {
 
 #[test]
 fn crash_20_cycles() {
+    let _serial = one_at_a_time();
     let opts = CrashOpts { cycles: 20, clients: 3, seed: 7, max_uptime_ms: 400, max_secs: 240 };
     let report = runtime()
         .block_on(crash::run(ServerOpts::new(accord_bin(), None), opts.clone()))
@@ -78,6 +89,7 @@ fn crash_20_cycles() {
 
 #[test]
 fn faults_exactly_once() {
+    let _serial = one_at_a_time();
     let opts = converge_opts(1000..1060, true);
     let report = runtime()
         .block_on(converge::run(ServerOpts::new(accord_bin(), None), opts.clone()))
