@@ -3,6 +3,10 @@
 //! Each scenario starts the server as a child process (this same binary in
 //! its hidden `server` mode) on a fresh temporary database, so the server's
 //! peak RSS can be read from /proc. Every loop is bounded in count and time.
+//! With `--url URL --key KEY` the first-sync and concurrent scenarios drive
+//! an already running server that speaks the same wire format instead (any
+//! Accord, or another server to compare side by side); figures that need the
+//! process (RSS, database size) are then not reported.
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 use std::collections::HashMap;
@@ -26,7 +30,16 @@ mod streams;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Drive this running server (its base URL, e.g. http://127.0.0.1:8080) instead of starting one.
+    #[arg(long, global = true, requires = "key")]
+    url: Option<String>,
+    /// The API key (or bearer token) to use with `--url`.
+    #[arg(long, global = true, requires = "url")]
+    key: Option<String>,
 }
+
+/// The server given with `--url` and `--key`, if any.
+static EXTERNAL: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -106,6 +119,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    let _ = EXTERNAL.set(cli.url.clone().zip(cli.key.clone()).map(|(u, k)| (u.trim_end_matches('/').to_string(), k)));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         match cli.command {
@@ -199,7 +213,8 @@ fn bench_config(dir: &Path) -> Config {
 /// A server child process on a fresh database, with a key for user `bench`;
 /// with `hosts > 1` (PostgreSQL), more servers on the same database.
 struct Server {
-    child: tokio::process::Child,
+    /// `None` for a server given with `--url`.
+    child: Option<tokio::process::Child>,
     base: String,
     key: String,
     db: PathBuf,
@@ -240,6 +255,20 @@ impl Server {
 
     async fn start_hosts_env(hosts: usize, env: &[(&str, String)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        if let Some(Some((base, key))) = EXTERNAL.get() {
+            let mut config = Config::default();
+            config.database.path = dir.path().join("external");
+            let db = config.database.path.clone();
+            return Server {
+                child: None,
+                base: base.clone(),
+                key: key.clone(),
+                db,
+                config,
+                others: Vec::new(),
+                _dir: dir,
+            };
+        }
         let config = bench_config(dir.path());
         let db = config.database.path.clone();
         let store = accord::server::open_store(&config).await.unwrap();
@@ -252,7 +281,7 @@ impl Server {
         for _ in 1..hosts {
             others.push(spawn_server(&target, env).await);
         }
-        Server { child, base, key, db, config, others, _dir: dir }
+        Server { child: Some(child), base, key, db, config, others, _dir: dir }
     }
 
     /// Every host's base URL.
@@ -262,11 +291,19 @@ impl Server {
 
     /// The backend, for reports.
     fn backend(&self) -> &'static str {
-        if self.config.database.url.is_some() { "postgres" } else { "sqlite" }
+        match (&self.child, &self.config.database.url) {
+            (None, _) => "external",
+            (_, Some(_)) => "postgres",
+            _ => "sqlite",
+        }
     }
 
     /// A key for another user, made through the HTTP API's CLI twin (the store, while the server runs).
     async fn key_for(&self, user: &str) -> String {
+        if self.child.is_none() {
+            // A server given with --url: its one key (distinct users need keys made there).
+            return self.key.clone();
+        }
         let store = accord::server::open_store(&self.config).await.unwrap();
         let (_, key) = apikey::issue(&store, user, user, &[Scope::SyncRead, Scope::SyncWrite], None).await.unwrap();
         store.close().await;
@@ -284,7 +321,7 @@ impl Server {
 
     /// Peak resident set size of the server process so far, in MiB.
     fn peak_rss_mib(&self) -> f64 {
-        let pid = self.child.id().unwrap_or(0);
+        let pid = self.child.as_ref().and_then(|c| c.id()).unwrap_or(0);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let kib: f64 = status
             .lines()

@@ -29,7 +29,7 @@ async fn push_latency(server: &Server, key: &str, tag: &str, pushes: usize) -> (
 
 /// Resident memory of the server process now, in MiB.
 fn rss_mib(server: &Server) -> f64 {
-    let pid = server.child.id().unwrap_or(0);
+    let pid = server.child.as_ref().and_then(|c| c.id()).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
