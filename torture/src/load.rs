@@ -248,6 +248,18 @@ async fn run_on(server: &Server, opts: &LoadOpts) -> Outcome<LoadReport> {
         slope_mib_per_min(&rss),
         slope_mib_per_min(&settled)
     ));
+    // Growth that levels off (caches filling) shows as a flatter second half.
+    let half = opts.secs as f64 / 2.0;
+    let second: Vec<(f64, u64)> = rss.iter().copied().filter(|s| s.0 >= half).collect();
+    let at = |t: f64| rss.iter().find(|s| s.0 >= t).map_or(0.0, |s| s.1 as f64 / 1024.0);
+    report.lines.push(format!(
+        "  server RSS by quarter: {:.1} / {:.1} / {:.1} / {:.1} MiB; slope {:+.3} MiB/min over the second half",
+        at(0.0),
+        at(half / 2.0),
+        at(half),
+        at(half * 1.5),
+        slope_mib_per_min(&second)
+    ));
     report.lines.push(format!("server 5xx: {}", report.server_errors));
     Ok(report)
 }
