@@ -51,7 +51,11 @@ pub async fn list(store: &Store, user: &str, query: ConflictQuery, max_bytes: us
             )));
         }
     };
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    // Like pull: 0 is refused (the document's minimum is 1), more than the page maximum is capped.
+    let limit = match query.limit {
+        Some(0) => return Err(SyncError::BadRequest("`limit` must be at least 1".into())),
+        limit => limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE),
+    };
     let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
         None => 0,
         Some(a) => match cursor::decode(a) {

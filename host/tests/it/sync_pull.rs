@@ -174,6 +174,11 @@ async fn conflicts_resolve_as_new_versions() {
     assert!(done.iter().all(|c| c["resolvedAt"].is_i64() && c["status"] == "resolved"));
     let r = server.get("/api/sync/conflicts?status=maybe", &key).send().await.unwrap();
     expect_problem(r, 422).await;
+    // The documented minimum page size is 1; larger than the maximum is capped.
+    let r = server.get("/api/sync/conflicts?limit=0", &key).send().await.unwrap();
+    expect_problem(r, 400).await;
+    let r = server.get("/api/sync/conflicts?status=all&limit=5000", &key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
