@@ -35,7 +35,7 @@ pub fn generate() -> Result<Generated, getrandom::Error> {
 pub fn new_id() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 10];
     getrandom::fill(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::model::hex(&bytes))
 }
 
 /// The lookup hash of a raw key, or `None` when it is not shaped like one.

@@ -47,7 +47,7 @@ fn generate() -> String {
         // Without OS randomness an id is still useful for correlation, just not unique.
         tracing::warn!(error = %e, "no randomness for a request id");
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::model::hex(&bytes)
 }
 
 /// Middleware (outermost): settles the id, puts it in the request's extensions

@@ -26,7 +26,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
 use crate::config::PoliciesConfig;
-use crate::model::{Decision, MergeInput, now_ms};
+use crate::model::{Decision, MergeInput, hex, now_ms};
 use sandbox::Sandbox;
 
 pub use bindings::WORLD;
@@ -250,10 +250,6 @@ impl Runtime {
             failures: AtomicU64::new(0),
         }))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A live instance and how many calls it has served.

@@ -84,7 +84,7 @@ impl Objects {
     pub fn new_key(sha256: &str) -> Result<String, StoreError> {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).map_err(|e| StoreError::Other(format!("no randomness: {e}")))?;
-        let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let tag = crate::model::hex(&bytes);
         Ok(format!("{}/{sha256}-{tag}", sha256.get(..2).unwrap_or("00")))
     }
 

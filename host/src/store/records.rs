@@ -230,7 +230,7 @@ impl WriteTx<'_> {
     pub fn new_epoch(&self) -> Result<String, StoreError> {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).map_err(|e| StoreError::Other(format!("no randomness for the epoch: {e}")))?;
-        let epoch: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let epoch = crate::model::hex(&bytes);
         self.conn.exec("UPDATE sync_state SET epoch = ?1 WHERE id = 1", &[P::Text(&epoch)])?;
         Ok(epoch)
     }

@@ -170,7 +170,7 @@ impl Blobs {
             Ok(())
         }
         .await;
-        let actual: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let actual = crate::model::hex(&hasher.finalize());
         let verdict = streamed.and_then(|()| {
             if actual == sha256 {
                 Ok(())

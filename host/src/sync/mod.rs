@@ -155,7 +155,7 @@ fn new_id() -> String {
         bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
         bytes[8..].copy_from_slice(&(n as u32).to_le_bytes());
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::model::hex(&bytes)
 }
 
 impl SyncCore {
