@@ -197,8 +197,6 @@ async fn records_may_only_name_uploaded_blobs() {
 async fn blobs_no_record_names_are_collected_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    // No grace: the janitor (which runs at startup) collects at once.
-    config.blobs.gc_grace_hours = 0;
     let data = tempfile::tempdir().unwrap();
     config.blobs.dir = data.path().join("blobs");
     config.database.path = data.path().join("accord.db");
@@ -211,10 +209,13 @@ async fn blobs_no_record_names_are_collected_after_the_grace_period() {
     for b in [&kept, &loose] {
         assert_eq!(put(&server, &key, &sha(b), b.clone()).await.status(), 201);
     }
-    // (The janitor's first run may already have taken the loose one.)
     let r = push_ok(&server, &key, &json!({"changes": {"imageBlobs": [image("img", &sha(&kept))]}})).await;
     assert_eq!(results(&r, "imageBlobs")[0]["status"], "applied", "{r}");
     server.stop().await;
+    assert_eq!(walk(&config.blobs.dir).len(), 2, "within the default grace period nothing goes");
+
+    // No grace from here on: the janitor (which runs at startup) collects at once.
+    config.blobs.gc_grace_hours = 0;
 
     let restart = || TestServer::start_in(tempfile::tempdir().unwrap(), config.clone());
     let server = restart().await;
