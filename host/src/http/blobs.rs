@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures_util::TryStreamExt as _;
 
+use super::schema::{BlobStored, Problem};
 use super::{ApiError, AppState};
 use crate::auth::{Principal, Scope};
 use crate::sync::SyncError;
@@ -22,6 +23,29 @@ fn etag(sha256: &str) -> HeaderValue {
 }
 
 /// `PUT /api/blobs/{sha256}`: `201` when stored, `200` when the caller had it already.
+#[utoipa::path(
+    put,
+    path = "/api/blobs/{sha256}",
+    operation_id = "putBlob",
+    tag = "blobs",
+    summary = "Upload a blob (streamed, verified against the hash in the URL)",
+    description = "Scope sync:write. The body is the raw bytes (gzip Content-Encoding accepted). 201 when stored, 200 when the caller had it already. 422 when the body's SHA-256 differs, 413 past blobs.max_bytes, 507 past quotas.blob_bytes, 429 past blobs.max_uploads_per_user, 503 past blobs.max_uploads.",
+    params(("sha256" = String, Path, pattern = "^[0-9a-f]{64}$", description = "SHA-256 of the blob's bytes, 64 lowercase hex digits")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "The caller had this blob already", body = BlobStored),
+        (status = 201, description = "Stored", body = BlobStored),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 408, response = Problem),
+        (status = 413, response = Problem),
+        (status = 422, response = Problem),
+        (status = 429, response = Problem),
+        (status = 503, response = Problem),
+        (status = 507, response = Problem)
+    )
+)]
 pub async fn put(
     State(state): State<AppState>,
     caller: Principal,
@@ -58,6 +82,29 @@ pub async fn put(
 }
 
 /// `HEAD /api/blobs/{sha256}`: `200` with its size when the caller has it, else `404`.
+#[utoipa::path(
+    head,
+    path = "/api/blobs/{sha256}",
+    operation_id = "headBlob",
+    tag = "blobs",
+    summary = "Whether the caller has a blob, and its size",
+    description = "Scope sync:read. 404 when the caller has not uploaded it (whoever else has).",
+    params(("sha256" = String, Path, pattern = "^[0-9a-f]{64}$", description = "SHA-256 of the blob's bytes, 64 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The caller has it", headers(
+            ("ETag" = String, description = "The hash, quoted"),
+            ("Accept-Ranges" = String, description = "`bytes`"),
+            ("Cache-Control" = String),
+            ("Content-Length" = u64, description = "The blob's size"),
+        )),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 404, response = Problem),
+        (status = 429, response = Problem),
+        (status = 503, response = Problem)
+    )
+)]
 pub async fn head(
     State(state): State<AppState>,
     caller: Principal,
@@ -78,6 +125,40 @@ pub async fn head(
 }
 
 /// `GET /api/blobs/{sha256}`: the bytes, or one `Range` of them (`206`).
+#[utoipa::path(
+    get,
+    path = "/api/blobs/{sha256}",
+    operation_id = "getBlob",
+    tag = "blobs",
+    summary = "Download a blob, or one byte range of it",
+    description = "Scope sync:read; only a user who uploaded the blob may read it. One `Range: bytes=` range is served (206); several ranges or another unit get the whole blob. `If-None-Match` with the ETag gives 304.",
+    params(
+        ("sha256" = String, Path, pattern = "^[0-9a-f]{64}$", description = "SHA-256 of the blob's bytes, 64 lowercase hex digits"),
+        ("Range" = Option<String>, Header, description = "`bytes=first-last`, `bytes=first-` or `bytes=-suffix`"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag you have: 304 when it matches"),
+        ("If-Range" = Option<String>, Header, description = "Apply `Range` only if this is still the ETag"),
+    ),
+    responses(
+        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>, headers(
+            ("ETag" = String, description = "The hash, quoted"),
+            ("Accept-Ranges" = String, description = "`bytes`"),
+            ("Cache-Control" = String),
+        )),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>, headers(
+            ("ETag" = String, description = "The hash, quoted"),
+            ("Content-Range" = String, description = "`bytes first-last/size`"),
+            ("Cache-Control" = String),
+        )),
+        (status = 304, description = "Not modified (the ETag matched)"),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 404, response = Problem),
+        (status = 416, response = Problem),
+        (status = 429, response = Problem),
+        (status = 503, response = Problem)
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Principal,

@@ -10,38 +10,69 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::schema::Problem;
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Principal, Scope, apikey};
 use crate::store::{ApiKeyRow, now_ms};
 
 /// Longest accepted key name, in characters.
 const MAX_NAME: usize = 100;
+/// Latest accepted `expiresAt` (2^53 - 1, exact in every JSON parser).
+const MAX_EXPIRES_AT: i64 = 9_007_199_254_740_991;
 
-#[derive(Deserialize)]
+/// `POST /api/api-keys` body.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = NewApiKey)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// What the key is for; surrounding spaces are trimmed.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
+    /// Absent or null: `sync:read` and `sync:write`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<ScopeName>>, min_items = 1)]
     scopes: Option<Vec<String>>,
-    /// When the new key stops working, unix ms; absent or null: never.
+    /// When the new key stops working, unix ms, in the future (`422` otherwise);
+    /// absent or null: never.
     #[serde(default, rename = "expiresAt")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
     expires_at: Option<i64>,
 }
 
+/// A scope an API key can hold (`admin` holds every other).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the strings `Scope::parse` accepts.
+enum ScopeName {
+    #[schema(rename = "sync:read")]
+    SyncRead,
+    #[schema(rename = "sync:write")]
+    SyncWrite,
+    #[schema(rename = "keys:manage")]
+    KeysManage,
+    #[schema(rename = "admin")]
+    Admin,
+}
+
 /// A key as clients see it: never the hash, never the key (except `key`, once, on creation).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = ApiKey)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyView {
     id: String,
     name: String,
+    /// The key's first characters, to recognise it.
     prefix: String,
     scopes: Vec<String>,
     created_at: i64,
     last_used_at: Option<i64>,
     revoked_at: Option<i64>,
+    /// When the key stops working, unix ms; null: never.
     expires_at: Option<i64>,
+    /// The raw key: only in the answer that created it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     key: Option<String>,
 }
 
@@ -64,6 +95,26 @@ impl From<ApiKeyRow> for KeyView {
 /// Scopes a new key gets when the request names none.
 pub const DEFAULT_HTTP_SCOPES: [Scope; 2] = [Scope::SyncRead, Scope::SyncWrite];
 
+#[utoipa::path(
+    post,
+    path = "/api/api-keys",
+    operation_id = "createApiKey",
+    tag = "keys",
+    summary = "Create an API key; the raw key is returned once",
+    description = "Scope keys:manage; a key cannot grant scopes it does not hold, an expired token (a JWT inside its leeway) cannot create keys, and an expiring API key creates only keys expiring no later than itself (403). 409 past auth.max_keys_per_user.",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The new key, with `key`", body = KeyView),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 409, response = Problem),
+        (status = 413, response = Problem),
+        (status = 415, response = Problem),
+        (status = 422, response = Problem),
+        (status = 429, response = Problem)
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Principal,
@@ -89,9 +140,11 @@ pub async fn create(
         return Err(ApiError::Forbidden(format!("cannot grant `{missing}`: the calling credential does not hold it")));
     }
     if let Some(at) = body.expires_at
-        && at <= now_ms()
+        && (at <= now_ms() || at > MAX_EXPIRES_AT)
     {
-        return Err(ApiError::Unprocessable("`expiresAt` must be in the future (unix milliseconds)".into()));
+        return Err(ApiError::Unprocessable(format!(
+            "`expiresAt` must be in the future, in unix milliseconds no larger than {MAX_EXPIRES_AT}"
+        )));
     }
     // An expiring API key cannot launder its expiry into a lasting key. (A JWT
     // always has an `exp`, but is a session: its user may create lasting keys.)
@@ -127,6 +180,20 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/api-keys",
+    operation_id = "listApiKeys",
+    tag = "keys",
+    summary = "The caller's API keys, oldest first (never the keys themselves)",
+    description = "Scope keys:manage.",
+    responses(
+        (status = 200, description = "Keys, oldest first", body = Vec<KeyView>),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 429, response = Problem)
+    )
+)]
 pub async fn list(State(state): State<AppState>, caller: Principal) -> Result<Json<Vec<KeyView>>, ApiError> {
     caller.require(Scope::KeysManage)?;
     let user = caller.user_id;
@@ -134,6 +201,22 @@ pub async fn list(State(state): State<AppState>, caller: Principal) -> Result<Js
     Ok(Json(rows.into_iter().map(KeyView::from).collect()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/api-keys/{id}",
+    operation_id = "revokeApiKey",
+    tag = "keys",
+    summary = "Revoke a key (soft delete; it fails on the very next request)",
+    description = "Scope keys:manage; a key cannot revoke a key holding a scope it does not hold (403).",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 404, response = Problem),
+        (status = 429, response = Problem)
+    )
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Principal,

@@ -7,23 +7,27 @@ mod extract;
 pub mod keys;
 mod limits;
 mod observe;
+mod openapi;
 mod ops;
 mod problem;
 mod request_id;
+pub mod schema;
 mod sync;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate as _};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::UsageRecorder;
 use crate::config::Config;
@@ -61,23 +65,28 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
     let observed = state.clone();
     let cors = cors_layer(&state.config.server.cors_origins);
-    let api = Router::new()
-        .route("/api/api-keys", get(keys::list).post(keys::create))
-        .route("/api/api-keys/{id}", delete(keys::revoke))
-        .route("/api/blobs/{sha256}", get(blobs::get).head(blobs::head).put(blobs::put))
-        .route("/api/sync/push", post(sync::push))
-        .route("/api/sync/pull", get(sync::pull))
-        .route("/api/sync/events", get(sync::events))
-        .route("/api/sync/conflicts", get(sync::conflicts))
-        .route("/api/sync/conflicts/{id}/resolve", post(sync::resolve))
-        .route("/api/admin/policies", get(admin::policies))
-        .route("/api/admin/reload", post(admin::reload))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/openapi.json", get(ops::openapi))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
+    // Each route's OpenAPI operation is declared on its handler (`#[utoipa::path]`).
+    let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(blobs::get, blobs::head, blobs::put))
+        .routes(routes!(sync::push))
+        .routes(routes!(sync::pull))
+        .routes(routes!(sync::events))
+        .routes(routes!(sync::conflicts))
+        .routes(routes!(sync::resolve))
+        .routes(routes!(admin::policies))
+        .routes(routes!(admin::reload))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .split_for_parts();
+    let document = openapi::render(&api, &state.config);
+    let api = routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(Extension(document))
         .with_state(state);
     let mut app = api
         .layer(DefaultBodyLimit::max(body_limit))

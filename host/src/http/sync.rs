@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use super::schema::{ConflictFilter, ConflictList, Problem, PullResponse, PushRequest, PushResponse, Resolved};
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Principal, Scope};
 use crate::sync::{ConflictQuery, PullQuery, Resolution};
@@ -26,6 +27,28 @@ fn json_response(body: impl Into<Body>) -> Response {
 
 /// `POST /api/sync/push`. The body is read here (not by an extractor) so that
 /// an upload cut short is logged as a client abort with the bytes received.
+#[utoipa::path(
+    post,
+    path = "/api/sync/push",
+    operation_id = "push",
+    tag = "sync",
+    summary = "Push local changes (one transaction; idempotent by pushId)",
+    description = "Scope sync:write. Records are applied parents first. Each record gets one result: applied, unchanged, merged, conflict or rejected. Retry a failed push (429, 503, other 5xx, dropped connection) with the same pushId. Content-Encoding: gzip is accepted.",
+    request_body = PushRequest,
+    responses(
+        (status = 200, description = "One result per record, grouped by entity type", body = PushResponse),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 408, response = Problem),
+        (status = 413, response = Problem),
+        (status = 415, response = Problem),
+        (status = 422, response = Problem),
+        (status = 429, response = Problem),
+        (status = 503, response = Problem),
+        (status = 507, response = Problem)
+    )
+)]
 pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) -> Result<Response, ApiError> {
     caller.require(Scope::SyncWrite)?;
     let limit = state.config.server.max_body_bytes;
@@ -61,6 +84,30 @@ pub async fn push(State(state): State<AppState>, caller: Principal, body: Body) 
 }
 
 /// `GET /api/sync/pull?since=&limit=&types=&wait=`.
+#[utoipa::path(
+    get,
+    path = "/api/sync/pull",
+    operation_id = "pull",
+    tag = "sync",
+    summary = "Pull changes after a cursor, a page at a time",
+    description = "Scope sync:read. Loop with since=<cursor> while hasMore is true. wait=S turns an empty pull into a long poll (429 with Retry-After beyond sync.max_long_polls_per_user waiting at once). 410 means: discard the cursor and pull from the beginning.",
+    params(
+        ("since" = Option<String>, Query, description = "Cursor of a previous response (opaque); absent = from the beginning"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 2147483647, description = "Most records in the page: sync.default_pull_limit (1000) when absent, values above sync.max_pull_limit (10000) are capped"),
+        ("types" = Option<String>, Query, description = "Comma-separated entity types, no spaces; absent or empty = all"),
+        ("wait" = Option<u32>, Query, minimum = 0, maximum = 2147483647, description = "Seconds to wait for a change when there is none (a long poll); capped at sync.max_wait_secs (30)"),
+    ),
+    responses(
+        (status = 200, description = "A page of changes", body = PullResponse),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 410, response = Problem),
+        (status = 422, response = Problem),
+        (status = 429, response = Problem),
+        (status = 503, response = Problem)
+    )
+)]
 pub async fn pull(
     State(state): State<AppState>,
     caller: Principal,
@@ -80,6 +127,20 @@ pub async fn pull(
 
 /// `GET /api/sync/events`: Server-Sent Events, `change` after each commit
 /// touching the caller's data, `resync` when this stream fell behind.
+#[utoipa::path(
+    get,
+    path = "/api/sync/events",
+    operation_id = "events",
+    tag = "sync",
+    summary = "Server-Sent Events: `change` with {\"cursor\"} after each commit touching your data, `resync` if the stream fell behind",
+    description = "Scope sync:read. Heartbeat comments keep proxies from closing the stream. 429 (with Retry-After) when the user already holds sync.max_streams_per_user streams.",
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 429, response = Problem)
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     caller: Principal,
@@ -136,6 +197,29 @@ pub async fn events(
 }
 
 /// `GET /api/sync/conflicts?status=&entity=&limit=&after=`.
+#[utoipa::path(
+    get,
+    path = "/api/sync/conflicts",
+    operation_id = "listConflicts",
+    tag = "sync",
+    summary = "Recorded conflicts, oldest first",
+    description = "Scope sync:read.",
+    params(
+        ("status" = inline(Option<ConflictFilter>), Query, description = "Absent: open"),
+        ("entity" = Option<String>, Query, description = "Only this entity type"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 2147483647, description = "Most conflicts in the page: 100 when absent, values above 1000 are capped"),
+        ("after" = Option<String>, Query, description = "`cursor` of the previous page (opaque)"),
+    ),
+    responses(
+        (status = 200, description = "A page of conflicts", body = ConflictList),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 422, response = Problem),
+        (status = 429, response = Problem),
+        (status = 503, response = Problem)
+    )
+)]
 pub async fn conflicts(
     State(state): State<AppState>,
     caller: Principal,
@@ -154,15 +238,39 @@ pub struct ResolveBody {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ResolveRecord<'a> {
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     #[serde(default)]
-    deleted: bool,
+    deleted: Option<bool>,
 }
 
 /// `POST /api/sync/conflicts/{id}/resolve` with `{"take":"server"|"incoming"}` or `{"record":{…}}`.
+#[utoipa::path(
+    post,
+    path = "/api/sync/conflicts/{id}/resolve",
+    operation_id = "resolveConflict",
+    tag = "sync",
+    summary = "Resolve a conflict as a new version of the record",
+    description = "Scope sync:write. Exactly one of take or record.",
+    params(("id" = String, Path, description = "The conflict's id")),
+    request_body = super::schema::Resolution,
+    responses(
+        (status = 200, description = "The record as now stored", body = Resolved),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 404, response = Problem),
+        (status = 409, response = Problem),
+        (status = 413, response = Problem),
+        (status = 415, response = Problem),
+        (status = 422, response = Problem),
+        (status = 429, response = Problem),
+        (status = 503, response = Problem),
+        (status = 507, response = Problem)
+    )
+)]
 pub async fn resolve(
     State(state): State<AppState>,
     caller: Principal,
@@ -178,10 +286,9 @@ pub async fn resolve(
                 .map_err(|e| ApiError::Unprocessable(format!("`record` must be a record object: {e}")))?;
             let data = match record.data {
                 Some(d) => d.get().to_string(),
-                None if record.deleted => "{}".to_string(),
-                None => return Err(ApiError::Unprocessable("`record.data` is missing".into())),
+                None => return Err(ApiError::Unprocessable("`record.data` is missing (`{}` for a delete)".into())),
             };
-            Resolution::Record { data, deleted: record.deleted }
+            Resolution::Record { data, deleted: record.deleted.unwrap_or(false) }
         }
         _ => {
             return Err(ApiError::Unprocessable(

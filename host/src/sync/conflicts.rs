@@ -22,7 +22,7 @@ pub struct ConflictQuery {
     /// Only conflicts of this entity type.
     pub entity: Option<String>,
     /// At most this many (default 100, max 1000).
-    pub limit: Option<usize>,
+    pub limit: Option<u64>,
     /// `cursor` of the previous page.
     pub after: Option<String>,
 }
@@ -51,11 +51,10 @@ pub async fn list(store: &Store, user: &str, query: ConflictQuery, max_bytes: us
             )));
         }
     };
-    // Like pull: 0 is refused (the document's minimum is 1), more than the page maximum is capped.
-    let limit = match query.limit {
-        Some(0) => return Err(SyncError::BadRequest("`limit` must be at least 1".into())),
-        limit => limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE),
-    };
+    // Like pull: outside 1..=2^31-1 is refused (the document's bounds), more than the page maximum is capped.
+    let limit = super::pull::query_int("limit", query.limit, 1)?
+        .map_or(DEFAULT_PAGE, |l| usize::try_from(l).unwrap_or(usize::MAX))
+        .min(MAX_PAGE);
     let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
         None => 0,
         Some(a) => match cursor::decode(a) {

@@ -261,11 +261,11 @@ impl SyncCore {
     pub async fn pull(&self, user: &str, query: PullQuery) -> Result<Vec<u8>, SyncError> {
         let since = pull::since(query.since.as_deref())?;
         let types = pull::types(&query.types, &self.entities)?;
-        let limit = query.limit.unwrap_or(self.limits.default_pull_limit).min(self.limits.max_pull_limit);
-        if limit == 0 {
-            return Err(SyncError::BadRequest("`limit` must be at least 1".into()));
-        }
-        let wait = Duration::from_secs(query.wait.unwrap_or(0).min(self.limits.max_wait_secs));
+        let limit = pull::query_int("limit", query.limit, 1)?
+            .map_or(self.limits.default_pull_limit, |l| usize::try_from(l).unwrap_or(usize::MAX))
+            .min(self.limits.max_pull_limit);
+        let wait = pull::query_int("wait", query.wait, 0)?.unwrap_or(0).min(self.limits.max_wait_secs);
+        let wait = Duration::from_secs(wait);
         let mut notices = (!wait.is_zero()).then(|| self.store.subscribe(user));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -302,6 +302,9 @@ impl SyncCore {
     }
 
     pub async fn conflicts(&self, user: &str, query: ConflictQuery) -> Result<Vec<u8>, SyncError> {
+        if let Some(entity) = query.entity.as_deref().filter(|e| self.entities.index_of(e).is_none()) {
+            return Err(SyncError::Invalid(format!("`entity` names unknown entity type `{entity}`")));
+        }
         conflicts::list(&self.store, user, query, self.limits.max_page_bytes).await
     }
 

@@ -14,11 +14,27 @@ pub struct PullQuery {
     /// Cursor from a previous pull; absent means from the beginning.
     pub since: Option<String>,
     /// Most records in this page (default `sync.default_pull_limit`, capped at `sync.max_pull_limit`).
-    pub limit: Option<usize>,
+    pub limit: Option<u64>,
     /// Comma-separated entity types; absent means all.
     pub types: Option<String>,
     /// Seconds to wait for a change when there is none (capped at `sync.max_wait_secs`).
     pub wait: Option<u64>,
+}
+
+/// Largest value an integer query parameter takes (`limit`, `wait`): the
+/// document's `int32` bound. Larger values are refused, not capped, so that the
+/// server takes exactly what the document says; within it, `limit` and `wait`
+/// are capped by configuration.
+pub const MAX_QUERY_INT: u64 = i32::MAX as u64;
+
+/// `value` of query parameter `name`, refused outside `min..=MAX_QUERY_INT`.
+pub fn query_int(name: &str, value: Option<u64>, min: u64) -> Result<Option<u64>, SyncError> {
+    match value {
+        Some(v) if !(min..=MAX_QUERY_INT).contains(&v) => {
+            Err(SyncError::BadRequest(format!("`{name}` must be an integer from {min} to {MAX_QUERY_INT}")))
+        }
+        v => Ok(v),
+    }
 }
 
 pub struct Page {
@@ -38,9 +54,9 @@ pub fn since(cursor: Option<&str>) -> Result<Option<(String, i64)>, SyncError> {
 }
 
 pub fn types(list: &Option<String>, entities: &Entities) -> Result<Vec<String>, SyncError> {
-    let Some(list) = list else { return Ok(Vec::new()) };
+    let Some(list) = list.as_deref().filter(|l| !l.is_empty()) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    for name in list.split(',') {
         if entities.index_of(name).is_none() {
             return Err(SyncError::Invalid(format!("`types` names unknown entity type `{name}`")));
         }

@@ -326,7 +326,12 @@ fn decide_and_write(
     };
     Ok(match decision {
         Decision::Accept => Outcome::Applied(store_as(&incoming.data, incoming.deleted)?.version),
-        Decision::Merged { data, deleted } => Outcome::Merged(store_as(&data, deleted)?),
+        Decision::Merged { data, deleted } => match &server {
+            // The merge kept the server's record as it is: no new version,
+            // which every device would otherwise pull as a change.
+            Some(s) if s.deleted == deleted && json::same_value(&s.data, &data) => Outcome::Merged(s.clone()),
+            _ => Outcome::Merged(store_as(&data, deleted)?),
+        },
         Decision::Reject(reason) => Outcome::Rejected(reason),
         Decision::Conflict(reason) => {
             // Never dropped: the incoming record goes to the conflicts table.

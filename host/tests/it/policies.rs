@@ -88,6 +88,12 @@ async fn built_in_policies_decide_as_documented() {
     let r = push_one(&server, &key, "scores", rec("s1", 2, 0, json!({"score": 4}))).await;
     assert_eq!(r["status"], "merged");
     assert_eq!(r["record"]["data"]["score"], 10);
+    // A merge that keeps the server's record as it is writes no new version
+    // (no change for every device to pull).
+    assert_eq!(r["serverVersion"], 1, "{r}");
+    assert_eq!(r["record"]["version"], 1, "{r}");
+    let r = push_one(&server, &key, "scores", rec("s1", 2, 1, json!({"score": 7}))).await;
+    assert_eq!((r["status"].as_str(), r["serverVersion"].as_i64()), (Some("merged"), Some(1)), "{r}");
     assert_eq!(push_one(&server, &key, "scores", rec("s1", 2, 0, json!({"score": 40}))).await["status"], "applied");
 
     // compare-and-set and version-wins.

@@ -374,3 +374,41 @@ pub async fn ends_within(
         .await
         .is_ok()
 }
+
+/// Runs `cmd` in `dir`, killing it after `limit`; returns whether it succeeded and its output.
+pub fn run_bounded(mut cmd: Command, dir: &Path, limit: Duration) -> (bool, String) {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {what}: {e}"));
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = format!("{}\n{}", out.join().unwrap(), err.join().unwrap());
+    match status {
+        Some(status) => (status.success(), output),
+        None => (false, format!("{what} did not finish within {limit:?}\n{output}")),
+    }
+}

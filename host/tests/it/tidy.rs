@@ -58,6 +58,7 @@ const CRATE_RULES: &[(&[&str], &[&str], &str)] = &[
         "only http/ (and server.rs, which serves it) knows HTTP",
     ),
     (&["wasmtime", "wasmtime_wasi", "wit_bindgen"], &["policy"], "only policy/ runs WebAssembly"),
+    (&["utoipa", "utoipa_axum"], &["http"], "only http/ describes the API (the OpenAPI document)"),
 ];
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,48 +1,11 @@
 //! Runs the TypeScript client's own suite (clients/typescript: `npm test`, Node tests and headless
 //! Chromium) against the `accord` binary built with this test, so `cargo test --workspace` covers it.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-/// Runs `cmd` in `dir`, killing it after `limit`; returns whether it succeeded and its output.
-fn run(mut cmd: Command, dir: &Path, limit: Duration) -> (bool, String) {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start {what}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = format!("{}\n{}", out.join().unwrap(), err.join().unwrap());
-    match status {
-        Some(status) => (status.success(), output),
-        None => (false, format!("{what} did not finish within {limit:?}\n{output}")),
-    }
-}
+use crate::support::run_bounded as run;
 
 #[test]
 fn typescript_client_suite_passes_against_this_accord() {
