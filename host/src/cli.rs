@@ -69,6 +69,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
+    /// Write a new policy crate NAME/ (Rust) that builds as it is: the template's rule and cases,
+    /// a copy of the SDK and the WIT contract, and a lockfile.
+    New {
+        /// The policy's name: lowercase letters, digits and `-` (it names the crate and the .wasm).
+        name: String,
+        /// The folder to create NAME/ in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Validate a component against the accord:merge/policy WIT world (exit 2 if it does not load).
     Check {
         /// The policy component (.wasm).
@@ -310,6 +319,16 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
 }
 
 async fn keys(cmd: KeysCommand, config: Config) -> Result<(), String> {
+    // Said every time: a key made in another database than the server's does not work there.
+    match &config.database.url {
+        Some(_) => eprintln!("database: PostgreSQL (database.url)"),
+        None => {
+            let path = std::path::absolute(&config.database.path).unwrap_or_else(|_| config.database.path.clone());
+            let from =
+                config.file.as_ref().map_or("no config file: the default".to_string(), |f| f.display().to_string());
+            eprintln!("database: {} ({from})", path.display());
+        }
+    }
     let store = server::open_store(&config).await.map_err(|e| e.to_string())?;
     let result = keys_on(&store, cmd).await;
     store.close().await;
@@ -374,22 +393,24 @@ async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
 }
 
 fn policy_command(cmd: PolicyCommand, config: &Config) -> Result<(), Failure> {
-    let file = match &cmd {
-        PolicyCommand::Check { file } | PolicyCommand::Test { file, .. } => file.clone(),
+    let (file, cases) = match cmd {
+        PolicyCommand::New { name, dir } => return new_policy(&dir, &name),
+        PolicyCommand::Check { file } => (file, None),
+        PolicyCommand::Test { file, cases } => (file, Some(cases)),
     };
-    let runtime = policy::Runtime::new(&config.policies, &policy::cache_dir(config), config.sync.max_record_bytes)
+    let runtime = policy::Runtime::new(&config.policies, &author_cache_dir(config), config.sync.max_record_bytes)
         .map_err(|e| Failure::Other(e.to_string()))?;
     let bytes = std::fs::read(&file).map_err(|e| Failure::Config(format!("cannot read {}: {e}", file.display())))?;
     let name = file.file_stem().map_or("policy".into(), |s| s.to_string_lossy().into_owned());
     let loaded = runtime
         .load(&name, &bytes, &file.display().to_string(), "policy")
         .map_err(|e| Failure::Config(e.to_string()))?;
-    match cmd {
-        PolicyCommand::Check { .. } => {
+    match cases {
+        None => {
             println!("{}: OK, implements {} (sha256 {})", file.display(), policy::WORLD, loaded.sha256());
             Ok(())
         }
-        PolicyCommand::Test { cases, .. } => {
+        Some(cases) => {
             let text = std::fs::read_to_string(&cases)
                 .map_err(|e| Failure::Config(format!("cannot read {}: {e}", cases.display())))?;
             let cases: Vec<policy::cases::Case> = serde_json::from_str(&text)
@@ -412,6 +433,28 @@ fn policy_command(cmd: PolicyCommand, config: &Config) -> Result<(), Failure> {
             if failed > 0 { Err(Failure::Other(format!("{failed} case(s) failed"))) } else { Ok(()) }
         }
     }
+}
+
+/// Where `policy check|test` cache compiled components: `policies.cache_dir` if
+/// set, else the user's cache folder (never a `data/` in the author's crate).
+fn author_cache_dir(config: &Config) -> PathBuf {
+    if config.policies.cache_dir.is_some() {
+        return policy::cache_dir(config);
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".cache"));
+    let cache = std::env::var_os("XDG_CACHE_HOME").filter(|c| !c.is_empty()).map(PathBuf::from).or(home);
+    cache.unwrap_or_else(std::env::temp_dir).join("accord").join("policy-cache")
+}
+
+fn new_policy(dir: &std::path::Path, name: &str) -> Result<(), Failure> {
+    let root = crate::scaffold::new_policy(dir, name).map_err(|e| Failure::Other(e.to_string()))?;
+    let file = name.replace('-', "_");
+    println!("wrote {}; next:", root.display());
+    println!("  cd {}", root.display());
+    println!("  cargo build --release --target wasm32-wasip2     # rustup target add wasm32-wasip2, once");
+    println!("  accord policy test target/wasm32-wasip2/release/{file}.wasm cases.json");
+    println!("then copy the .wasm into the server's policies.dir as {name}.wasm (README.md has the steps)");
+    Ok(())
 }
 
 fn init_logging(config: &Config) {

@@ -538,9 +538,37 @@ impl Config {
         if config.entities.is_empty() {
             config.entities = default_entities();
         }
+        config.resolve_paths_from_file(&figment);
         config.file = file.map(Path::to_path_buf);
         config.validate()?;
         Ok(config)
+    }
+
+    /// Relative paths set in the config file are relative to that file's
+    /// folder (wherever the server is started from); paths from `ACCORD_*`
+    /// variables and the defaults stay relative to the working directory.
+    fn resolve_paths_from_file(&mut self, figment: &Figment) {
+        let from_file = |key: &str| match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+            Some(figment::Source::File(file)) => std::path::absolute(file).ok()?.parent().map(Path::to_path_buf),
+            _ => None,
+        };
+        let jwt = &mut self.auth.jwt;
+        let paths: [(&str, Option<&mut PathBuf>); 6] = [
+            ("database.path", Some(&mut self.database.path)),
+            ("policies.dir", Some(&mut self.policies.dir)),
+            ("policies.cache_dir", self.policies.cache_dir.as_mut()),
+            ("blobs.dir", Some(&mut self.blobs.dir)),
+            ("auth.jwt.public_key_file", jwt.public_key_file.as_mut()),
+            ("auth.jwt.jwks_file", jwt.jwks_file.as_mut()),
+        ];
+        for (key, path) in paths {
+            if let (Some(path), Some(dir)) = (path, from_file(key))
+                && path.is_relative()
+                && !path.as_os_str().is_empty()
+            {
+                *path = dir.join(&*path);
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod sync;

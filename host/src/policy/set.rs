@@ -75,7 +75,8 @@ pub fn load_named(runtime: &Arc<Runtime>, dir: &Path, name: &str, what: &str) ->
         None => Err(PolicyError::Unknown {
             what: what.into(),
             name: name.into(),
-            path,
+            // In full: a relative policies.dir is where the mistakes hide.
+            path: std::path::absolute(&path).unwrap_or(path),
             builtins: builtin::NAMES.join(", "),
         }),
     }

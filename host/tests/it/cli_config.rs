@@ -128,8 +128,16 @@ fn entity_declarations_are_checked_at_startup() {
 #[test]
 fn the_shipped_config_toml_is_the_built_in_defaults() {
     let shipped = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml"));
-    let loaded = accord::config::Config::load(Some(shipped)).unwrap();
+    let mut loaded = accord::config::Config::load(Some(shipped)).unwrap();
     let defaults = accord::config::Config::default();
+    // Relative paths in the file are taken relative to its folder.
+    let folder = std::path::absolute(shipped.parent().unwrap()).unwrap();
+    for (path, default) in
+        [(&mut loaded.database.path, &defaults.database.path), (&mut loaded.policies.dir, &defaults.policies.dir)]
+    {
+        assert_eq!(*path, folder.join(default));
+        path.clone_from(default);
+    }
     let (loaded, defaults) = (serde_json::to_value(&loaded).unwrap(), serde_json::to_value(&defaults).unwrap());
     for (section, value) in defaults.as_object().unwrap() {
         assert_eq!(&loaded[section], value, "config.toml's [{section}] differs from the built-in defaults");

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("model", &[]),
     ("config", &[]),
     ("metrics", &[]),
+    ("scaffold", &[]),
     ("store", &["model", "config"]),
     ("policy", &["model", "config"]),
     ("auth", &["model", "config", "store"]),
@@ -25,7 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("http", &["model", "config", "metrics", "store", "policy", "auth", "sync"]),
     ("fuzzing", &["model", "config", "policy", "auth", "sync"]),
     ("server", &["model", "config", "metrics", "store", "policy", "auth", "sync", "http"]),
-    ("cli", &["model", "config", "metrics", "store", "policy", "auth", "sync", "http", "server"]),
+    ("cli", &["model", "config", "metrics", "store", "policy", "auth", "sync", "http", "server", "scaffold"]),
 ];
 
 /// Crate roots: `lib.rs` only declares the modules; `main.rs` is the binary,
