@@ -56,6 +56,7 @@ pub fn per_call(calls: usize) {
         data,
         updated_at: 0,
         seq: 0,
+        decided_by: None,
     };
     let base = row(1, data("t", "b"));
     let server = row(2, data("server title", "b"));

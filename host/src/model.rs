@@ -16,6 +16,17 @@ pub struct RecordRow {
     pub updated_at: i64,
     /// The change sequence of the write that produced this version (0 in history).
     pub seq: i64,
+    /// The policy that merged this version; `None` for a version stored as
+    /// sent (or as a conflict's resolution said).
+    pub decided_by: Option<DecidedBy>,
+}
+
+/// Which policy decided: its name and the SHA-256 of its component (an audit
+/// trail that survives hot swaps).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecidedBy {
+    pub policy: String,
+    pub sha256: String,
 }
 
 /// One incoming record, validated (produced by `sync::wire`).

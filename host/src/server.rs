@@ -21,7 +21,7 @@ use crate::auth::limit::FailedAuthLimit;
 use crate::config::{Config, ServerConfig};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::model::{Decision, MergeInput};
+use crate::model::{DecidedBy, Decision, MergeInput};
 use crate::policy::{self, Policies, PolicyError, PolicySet};
 use crate::store::{Store, StoreError};
 use crate::sync::{ActiveRules, MergeRules, SetupError, SyncCore};
@@ -66,6 +66,11 @@ pub async fn load_policies(config: &Config) -> Result<Arc<Policies>, PolicyError
 impl MergeRules for PolicySet {
     fn decide(&self, type_index: usize, input: &MergeInput<'_>) -> Decision {
         PolicySet::decide(self, type_index, input)
+    }
+
+    fn decided_by(&self, type_index: usize) -> Option<DecidedBy> {
+        let (_, b) = self.bindings.get(type_index)?;
+        Some(DecidedBy { policy: b.policy.name.clone(), sha256: b.policy.sha256().to_string() })
     }
 }
 

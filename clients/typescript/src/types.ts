@@ -93,6 +93,8 @@ export interface Conflict {
   status: "open" | "resolved" | "superseded";
   createdAt: number;
   resolvedAt: number | null;
+  /** The policy that decided (its name and component SHA-256); null for conflicts recorded before schema 7. */
+  decidedBy: { policy: string; sha256: string } | null;
 }
 
 /** How to resolve a conflict. */

@@ -75,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         .routes(routes!(sync::events))
         .routes(routes!(sync::conflicts))
         .routes(routes!(sync::resolve))
+        .routes(routes!(sync::history))
         .routes(routes!(admin::policies))
         .routes(routes!(admin::reload))
         .routes(routes!(ops::metrics))

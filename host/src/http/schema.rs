@@ -152,6 +152,41 @@ pub struct Conflict {
     pub status: ConflictStatus,
     pub created_at: i64,
     pub resolved_at: Option<i64>,
+    /// The policy that decided (null for conflicts recorded before schema 7).
+    pub decided_by: Option<DecidedBy>,
+}
+
+/// Which policy decided: its name and the SHA-256 of its component.
+#[derive(Debug, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DecidedBy {
+    pub policy: String,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub sha256: String,
+}
+
+/// One version of a record in its history.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordVersion {
+    pub id: String,
+    pub version: i64,
+    pub deleted: bool,
+    #[schema(value_type = Object)]
+    pub data: Map<String, Value>,
+    pub updated_at: i64,
+    /// The policy that merged this version; null when stored as sent or as resolved.
+    pub decided_by: Option<DecidedBy>,
+}
+
+/// `GET /api/sync/records/{entity}/{id}/history` answer.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordHistory {
+    pub entity: String,
+    pub id: String,
+    /// Newest first.
+    pub versions: Vec<RecordVersion>,
 }
 
 /// `GET /api/sync/conflicts` answer.

@@ -14,7 +14,9 @@ use serde_json::value::RawValue;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use super::schema::{ConflictFilter, ConflictList, Problem, PullResponse, PushRequest, PushResponse, Resolved};
+use super::schema::{
+    ConflictFilter, ConflictList, Problem, PullResponse, PushRequest, PushResponse, RecordHistory, Resolved,
+};
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Principal, Scope};
 use crate::sync::{ConflictQuery, PullQuery, Resolution};
@@ -228,6 +230,36 @@ pub async fn conflicts(
     caller.require(Scope::SyncRead)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     Ok(json_response(state.sync.conflicts(&caller.user_id, query).await?))
+}
+
+/// `GET /api/sync/records/{entity}/{id}/history`.
+#[utoipa::path(
+    get,
+    path = "/api/sync/records/{entity}/{id}/history",
+    operation_id = "recordHistory",
+    tag = "sync",
+    summary = "A record's versions, newest first, each with the policy that merged it",
+    description = "Scope sync:read. The current version and the earlier ones history still holds (`history = N` per entity type). `decidedBy` names the policy and the SHA-256 of its component for versions a policy merged; null for versions stored as sent or as a resolution said.",
+    params(
+        ("entity" = String, Path, description = "The entity type"),
+        ("id" = String, Path, description = "The record's id"),
+    ),
+    responses(
+        (status = 200, description = "The record's versions", body = RecordHistory),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 404, response = Problem),
+        (status = 429, response = Problem),
+        (status = 503, response = Problem)
+    )
+)]
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Principal,
+    Path((entity, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::SyncRead)?;
+    Ok(json_response(state.sync.history(&caller.user_id, &entity, &id).await?))
 }
 
 #[derive(Deserialize)]

@@ -64,6 +64,7 @@ impl CaseRecord {
             data: self.data.to_string(),
             updated_at: self.updated_at,
             seq: 0,
+            decided_by: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::sql::{P, Row};
 use super::{ReadTx, StoreError, WriteTx};
+use crate::model::DecidedBy;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConflictStatus {
@@ -35,6 +36,8 @@ pub struct ConflictRow {
     pub status: ConflictStatus,
     pub created_at: i64,
     pub resolved_at: Option<i64>,
+    /// The policy that decided it (`None` for conflicts recorded before schema 7).
+    pub decided_by: Option<DecidedBy>,
 }
 
 pub struct NewConflict<'a> {
@@ -47,9 +50,10 @@ pub struct NewConflict<'a> {
     pub client_id: Option<&'a str>,
     pub reason: &'a str,
     pub created_at: i64,
+    pub decided_by: Option<&'a DecidedBy>,
 }
 
-const COLUMNS: &str = "n, id, entity, record_id, incoming, server_version, reason, status, created_at, resolved_at";
+const COLUMNS: &str = "n, id, entity, record_id, incoming, server_version, reason, status, created_at, resolved_at, policy, policy_sha256";
 
 fn from_row(r: &dyn Row) -> Result<ConflictRow, StoreError> {
     Ok(ConflictRow {
@@ -67,6 +71,7 @@ fn from_row(r: &dyn Row) -> Result<ConflictRow, StoreError> {
         },
         created_at: r.int(8)?,
         resolved_at: r.opt_int(9)?,
+        decided_by: super::records::decided_by(r, 10)?,
     })
 }
 
@@ -108,8 +113,9 @@ impl ReadTx<'_> {
 impl WriteTx<'_> {
     pub fn insert_conflict(&self, user: &str, c: &NewConflict<'_>) -> Result<(), StoreError> {
         self.conn.exec(
-            "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server_version, reason, status, created_at, client_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9)",
+            "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server_version, reason, status, created_at,
+               client_id, policy, policy_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?11)",
             &[
                 P::Text(c.id),
                 P::Text(user),
@@ -120,6 +126,8 @@ impl WriteTx<'_> {
                 P::Text(c.reason),
                 P::Int(c.created_at),
                 P::OptText(c.client_id),
+                P::OptText(c.decided_by.map(|d| d.policy.as_str())),
+                P::OptText(c.decided_by.map(|d| d.sha256.as_str())),
             ],
         )?;
         Ok(())

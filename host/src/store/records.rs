@@ -3,7 +3,7 @@
 use super::sql::{P, Row};
 use super::{ReadTx, StoreError, WriteTx};
 
-pub use crate::model::RecordRow;
+pub use crate::model::{DecidedBy, RecordRow};
 
 /// What a user has stored, as counted for quotas (or a change to it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,7 +25,13 @@ pub struct UserState {
     pub usage: Usage,
 }
 
-const RECORD: &str = "entity, id, version, deleted, data, updated_at, seq";
+const RECORD: &str = "entity, id, version, deleted, data, updated_at, seq, policy, policy_sha256";
+
+/// Which policy decided a version, as the `policy, policy_sha256` parameters.
+pub(super) fn audit_params(r: &RecordRow) -> (P<'_>, P<'_>) {
+    let d = r.decided_by.as_ref();
+    (P::OptText(d.map(|d| d.policy.as_str())), P::OptText(d.map(|d| d.sha256.as_str())))
+}
 
 /// A record as the 8 parameters of `(user_id, entity, id, version, deleted, data, updated_at, seq)`.
 pub(super) fn record_params<'a>(user: &'a str, r: &'a RecordRow) -> [P<'a>; 8] {
@@ -50,6 +56,15 @@ fn record_from(r: &dyn Row) -> Result<RecordRow, StoreError> {
         data: r.text(4)?,
         updated_at: r.int(5)?,
         seq: r.int(6)?,
+        decided_by: decided_by(r, 7)?,
+    })
+}
+
+/// The `policy, policy_sha256` columns at `i` and `i + 1`.
+pub(super) fn decided_by(r: &dyn Row, i: usize) -> Result<Option<DecidedBy>, StoreError> {
+    Ok(match (r.opt_text(i)?, r.opt_text(i + 1)?) {
+        (Some(policy), Some(sha256)) => Some(DecidedBy { policy, sha256 }),
+        _ => None,
     })
 }
 
@@ -149,11 +164,23 @@ impl ReadTx<'_> {
         version: i64,
     ) -> Result<Option<RecordRow>, StoreError> {
         self.conn.first(
-            "SELECT entity, id, version, deleted, data, updated_at, CAST(0 AS BIGINT) FROM record_history
-             WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version = ?4",
+            "SELECT entity, id, version, deleted, data, updated_at, CAST(0 AS BIGINT), policy, policy_sha256
+             FROM record_history WHERE user_id = ?1 AND entity = ?2 AND id = ?3 AND version = ?4",
             &[P::Text(user), P::Text(entity), P::Text(id), P::Int(version)],
             record_from,
         )
+    }
+
+    /// A record's current version and the earlier ones history holds, newest first.
+    pub fn record_versions(&self, user: &str, entity: &str, id: &str) -> Result<Vec<RecordRow>, StoreError> {
+        let mut out: Vec<RecordRow> = self.record(user, entity, id)?.into_iter().collect();
+        out.extend(self.conn.all(
+            "SELECT entity, id, version, deleted, data, updated_at, CAST(0 AS BIGINT), policy, policy_sha256
+             FROM record_history WHERE user_id = ?1 AND entity = ?2 AND id = ?3 ORDER BY version DESC",
+            &[P::Text(user), P::Text(entity), P::Text(id)],
+            record_from,
+        )?);
+        Ok(out)
     }
 
     /// A version of a record: the current one if it has that version, else history's.
@@ -296,17 +323,29 @@ impl WriteTx<'_> {
         keep: u32,
     ) -> Result<(), StoreError> {
         let row = record_params(user, new);
+        let (policy, sha256) = audit_params(new);
         let Some(old) = previous else {
-            // Written with the job's other new records, many per statement.
-            self.conn.insert_record(user, new);
+            if new.decided_by.is_none() {
+                // Written with the job's other new records, many per statement.
+                self.conn.insert_record(user, new);
+            } else {
+                let mut params = row.to_vec();
+                params.extend([policy, sha256]);
+                self.conn.exec(
+                    "INSERT INTO records (user_id, entity, id, version, deleted, data, updated_at, seq, policy, policy_sha256)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    &params,
+                )?;
+            }
             return Ok(());
         };
         if keep > 0 || self.version_pinned(user, &old.entity, &old.id, old.version)? {
             self.conn.exec(
-                "INSERT INTO record_history (user_id, entity, id, version, deleted, data, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO record_history (user_id, entity, id, version, deleted, data, updated_at, policy, policy_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (user_id, entity, id, version) DO UPDATE SET
-                   deleted = excluded.deleted, data = excluded.data, updated_at = excluded.updated_at",
+                   deleted = excluded.deleted, data = excluded.data, updated_at = excluded.updated_at,
+                   policy = excluded.policy, policy_sha256 = excluded.policy_sha256",
                 &[
                     P::Text(user),
                     P::Text(&old.entity),
@@ -315,6 +354,8 @@ impl WriteTx<'_> {
                     P::Int(i64::from(old.deleted)),
                     P::Text(&old.data),
                     P::Int(old.updated_at),
+                    audit_params(old).0,
+                    audit_params(old).1,
                 ],
             )?;
             self.conn.exec(
@@ -330,10 +371,13 @@ impl WriteTx<'_> {
                 &[P::Text(user), P::Text(&old.entity), P::Text(&old.id), P::Int(i64::from(keep))],
             )?;
         }
+        let mut params = row.to_vec();
+        params.extend([policy, sha256]);
         self.conn.exec(
-            "UPDATE records SET version = ?4, deleted = ?5, data = ?6, updated_at = ?7, seq = ?8
+            "UPDATE records SET version = ?4, deleted = ?5, data = ?6, updated_at = ?7, seq = ?8,
+               policy = ?9, policy_sha256 = ?10
              WHERE user_id = ?1 AND entity = ?2 AND id = ?3",
-            &row,
+            &params,
         )?;
         Ok(())
     }

@@ -118,8 +118,11 @@ fn push_conflict(out: &mut Vec<u8>, row: &ConflictRow, server: Option<&RecordRow
     let status = row.status.as_str();
     let resolved = row.resolved_at.map_or("null".to_string(), |t| t.to_string());
     out.extend_from_slice(
-        format!(",\"status\":\"{status}\",\"createdAt\":{},\"resolvedAt\":{resolved}}}", row.created_at).as_bytes(),
+        format!(",\"status\":\"{status}\",\"createdAt\":{},\"resolvedAt\":{resolved}", row.created_at).as_bytes(),
     );
+    out.extend_from_slice(b",\"decidedBy\":");
+    json::push_decided_by(out, row.decided_by.as_ref());
+    out.push(b'}');
 }
 
 /// The `data` and `deleted` of a stored wire record.
@@ -204,6 +207,7 @@ pub async fn resolve(
                 data,
                 updated_at: now,
                 seq,
+                decided_by: None,
             };
             let delta = Usage {
                 records: i64::from(current.is_none()),

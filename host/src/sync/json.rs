@@ -2,6 +2,7 @@
 
 use std::io::Write as _;
 
+use crate::model::DecidedBy;
 use crate::store::RecordRow;
 
 /// Tracks whether a byte of JSON text is inside a string literal.
@@ -89,6 +90,25 @@ pub fn push_record(out: &mut Vec<u8>, row: &RecordRow) {
     let _ = write!(out, ",\"updatedAt\":{}}}", row.updated_at);
 }
 
+/// `{"policy": …, "sha256": …}`, or `null`.
+pub fn push_decided_by(out: &mut Vec<u8>, by: Option<&DecidedBy>) {
+    let Some(by) = by else { return out.extend_from_slice(b"null") };
+    out.extend_from_slice(b"{\"policy\":");
+    push_str(out, &by.policy);
+    out.extend_from_slice(b",\"sha256\":");
+    push_str(out, &by.sha256);
+    out.push(b'}');
+}
+
+/// A version in a record's history: the record and `decidedBy`.
+pub fn push_version(out: &mut Vec<u8>, row: &RecordRow) {
+    push_record(out, row);
+    out.pop();
+    out.extend_from_slice(b",\"decidedBy\":");
+    push_decided_by(out, row.decided_by.as_ref());
+    out.push(b'}');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +143,7 @@ mod tests {
             data: r#"{"x": 1}"#.into(),
             updated_at: 7,
             seq: 1,
+            decided_by: None,
         };
         let mut out = Vec::new();
         push_record(&mut out, &row);

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::model::{Decision, MergeInput};
+use crate::model::{DecidedBy, Decision, MergeInput};
 
 /// The merge rule of every entity type, fixed for the duration of a push.
 pub trait MergeRules: Send + Sync {
@@ -14,6 +14,8 @@ pub trait MergeRules: Send + Sync {
     /// Infallible: a rule that fails answers `Decision::Conflict("policy failed: …")`.
     /// Blocking; called on the writer thread inside the push transaction.
     fn decide(&self, type_index: usize, input: &MergeInput<'_>) -> Decision;
+    /// Which policy decides for that entity type (recorded with what it merges and its conflicts).
+    fn decided_by(&self, type_index: usize) -> Option<DecidedBy>;
 }
 
 /// The active rules, which may be swapped (a reload) while the server runs.

@@ -301,6 +301,33 @@ impl SyncCore {
             .await?
     }
 
+    /// A record's current version and the earlier ones history still holds,
+    /// newest first, each with the policy that merged it (`decidedBy`).
+    pub async fn history(&self, user: &str, entity: &str, id: &str) -> Result<Vec<u8>, SyncError> {
+        if self.entities.index_of(entity).is_none() {
+            return Err(SyncError::NotFound(format!("no entity type `{entity}`")));
+        }
+        let (user, entity, id) = (user.to_string(), entity.to_string(), id.to_string());
+        let versions = self.store.read(move |tx| tx.record_versions(&user, &entity, &id)).await?;
+        let Some(first) = versions.first() else {
+            return Err(SyncError::NotFound("you have no record with this entity type and id".into()));
+        };
+        let mut out = Vec::with_capacity(versions.iter().map(|v| v.data.len() + 160).sum());
+        out.extend_from_slice(b"{\"entity\":");
+        json::push_str(&mut out, &first.entity);
+        out.extend_from_slice(b",\"id\":");
+        json::push_str(&mut out, &first.id);
+        out.extend_from_slice(b",\"versions\":[");
+        for (i, v) in versions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::push_version(&mut out, v);
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
+    }
+
     pub async fn conflicts(&self, user: &str, query: ConflictQuery) -> Result<Vec<u8>, SyncError> {
         if let Some(entity) = query.entity.as_deref().filter(|e| self.entities.index_of(e).is_none()) {
             return Err(SyncError::Invalid(format!("`entity` names unknown entity type `{entity}`")));

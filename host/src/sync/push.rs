@@ -9,7 +9,7 @@ use super::wire::PushRequest;
 use super::{Entities, EntityType, SyncError, cursor, json};
 use crate::config::QuotaConfig;
 use crate::metrics::OutcomeCounts;
-use crate::model::{Decision, Incoming, MergeInput};
+use crate::model::{DecidedBy, Decision, Incoming, MergeInput};
 use crate::store::{NewConflict, RecordRow, StoreError, Usage, WriteTx};
 
 /// How a push ended inside the transaction.
@@ -303,7 +303,7 @@ fn decide_and_write(
     let decision = rules.decide(type_index, &input);
     at.metrics.policy_call(started.elapsed().as_secs_f64());
     let version = server.as_ref().map_or(incoming.version, |s| s.version.saturating_add(1).max(incoming.version));
-    let mut store_as = |data: &str, deleted: bool| -> Result<RecordRow, StoreError> {
+    let mut store_as = |data: &str, deleted: bool, decided_by: Option<DecidedBy>| -> Result<RecordRow, StoreError> {
         *seq += 1;
         match &server {
             None => {
@@ -320,17 +320,18 @@ fn decide_and_write(
             data: data.to_string(),
             updated_at: now,
             seq: *seq,
+            decided_by,
         };
         tx.put_record(user, &row, server.as_ref(), ty.history)?;
         Ok(row)
     };
     Ok(match decision {
-        Decision::Accept => Outcome::Applied(store_as(&incoming.data, incoming.deleted)?.version),
+        Decision::Accept => Outcome::Applied(store_as(&incoming.data, incoming.deleted, None)?.version),
         Decision::Merged { data, deleted } => match &server {
             // The merge kept the server's record as it is: no new version,
             // which every device would otherwise pull as a change.
             Some(s) if s.deleted == deleted && json::same_value(&s.data, &data) => Outcome::Merged(s.clone()),
-            _ => Outcome::Merged(store_as(&data, deleted)?),
+            _ => Outcome::Merged(store_as(&data, deleted, rules.decided_by(type_index))?),
         },
         Decision::Reject(reason) => Outcome::Rejected(reason),
         Decision::Conflict(reason) => {
@@ -350,6 +351,7 @@ fn decide_and_write(
                     client_id: at.client,
                     reason: &reason,
                     created_at: now,
+                    decided_by: rules.decided_by(type_index).as_ref(),
                 },
             )?;
             Outcome::Conflict { server, conflict_id, reason }

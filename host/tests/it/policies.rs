@@ -419,3 +419,54 @@ async fn sighup_reloads_the_policies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn merges_and_conflicts_name_the_policy_that_decided_them_across_a_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    let mut config = test_config(dir.path());
+    config.policies.dir = policy_dir.clone();
+    config.entities = BTreeMap::from([("notes".to_string(), entity("house-rule", json!({})))]);
+    std::fs::copy(component("field-merge"), policy_dir.join("house-rule.wasm")).unwrap();
+    let server = TestServer::start_in(dir, config).await;
+    let key = server.cli_key("alice", &[]);
+    let admin = server.cli_key("alice", &["admin"]);
+    let sha = |name: &str| {
+        use sha2::Digest as _;
+        let bytes = std::fs::read(component(name)).unwrap();
+        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let (field_merge, cas) = (sha("field-merge"), sha("compare-and-set"));
+    let decided = |policy_sha: &str| json!({"policy": "house-rule", "sha256": policy_sha});
+
+    push_one(&server, &key, "notes", rec("n", 1, 0, json!({"a": 1, "b": 1}))).await;
+    push_one(&server, &key, "notes", rec("n", 2, 1, json!({"a": 2, "b": 1}))).await;
+    let r = push_one(&server, &key, "notes", rec("n", 2, 1, json!({"a": 1, "b": 2}))).await;
+    assert_eq!(r["status"], "merged", "{r}");
+    let r = push_one(&server, &key, "notes", rec("n", 2, 1, json!({"a": 9, "b": 1}))).await;
+    assert_eq!(r["status"], "conflict", "{r}");
+
+    // The record's history: the merged version names the policy, the ones stored as sent do not.
+    let h: Value = server.get("/api/sync/records/notes/n/history", &key).send().await.unwrap().json().await.unwrap();
+    let versions = h["versions"].as_array().unwrap();
+    assert_eq!(versions.iter().map(|v| v["version"].as_i64().unwrap()).collect::<Vec<_>>(), [3, 2, 1], "{h}");
+    assert_eq!(versions[0]["decidedBy"], decided(&field_merge), "{h}");
+    assert!(versions[1]["decidedBy"].is_null() && versions[2]["decidedBy"].is_null(), "{h}");
+    for missing in ["/api/sync/records/notes/nope/history", "/api/sync/records/gadgets/n/history"] {
+        expect_problem(server.get(missing, &key).send().await.unwrap(), 404).await;
+    }
+    // Another user's record is not there for them.
+    let bob = server.cli_key("bob", &[]);
+    expect_problem(server.get("/api/sync/records/notes/n/history", &bob).send().await.unwrap(), 404).await;
+
+    // Swap the component; conflicts name the policy as it was when each was recorded.
+    std::fs::copy(component("compare-and-set"), policy_dir.join("house-rule.wasm")).unwrap();
+    let r = server.post("/api/admin/reload", &admin, &json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = push_one(&server, &key, "notes", rec("n", 3, 1, json!({"a": 5, "b": 1}))).await;
+    assert_eq!(r["status"], "conflict", "{r}");
+    let list: Value = server.get("/api/sync/conflicts?status=all", &key).send().await.unwrap().json().await.unwrap();
+    let by: Vec<&Value> = list["conflicts"].as_array().unwrap().iter().map(|c| &c["decidedBy"]).collect();
+    assert_eq!(by, [&decided(&field_merge), &decided(&cas)], "{list}");
+}

@@ -3,7 +3,8 @@
 //! the bytes `sync` splices by hand cannot drift from the document.
 
 use accord::http::schema::{
-    BlobStored, ConflictList, ConflictStatus, Health, Problem, PullResponse, PushResponse, Resolved, Status,
+    BlobStored, ConflictList, ConflictStatus, Health, Problem, PullResponse, PushResponse, RecordHistory, Resolved,
+    Status,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -90,6 +91,15 @@ async fn every_writer_output_parses_into_its_schema_type() {
     let list: ConflictList = body(server.get("/api/sync/conflicts?status=all", &key).send().await.unwrap(), 200).await;
     assert_eq!(list.conflicts[0].status, ConflictStatus::Resolved);
     assert!(list.conflicts[0].resolved_at.is_some());
+    assert_eq!(list.conflicts[0].decided_by.as_ref().map(|d| d.policy.as_str()), Some("field-merge"));
+
+    // A record's history: the resolution (as sent), the merge (by field-merge), the first two.
+    let r = server.get("/api/sync/records/topics/t1/history", &key).send().await.unwrap();
+    let history: RecordHistory = body(r, 200).await;
+    let versions: Vec<i64> = history.versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, [4, 3, 2, 1]);
+    assert!(history.versions[0].decided_by.is_none());
+    assert_eq!(history.versions[1].decided_by.as_ref().map(|d| d.sha256.len()), Some(64));
 
     // Problems, from the sync core, the extractors and the fallbacks alike.
     let problem: Problem =
