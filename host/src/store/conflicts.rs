@@ -38,6 +38,8 @@ pub struct ConflictRow {
     pub resolved_at: Option<i64>,
     /// The policy that decided it (`None` for conflicts recorded before schema 7).
     pub decided_by: Option<DecidedBy>,
+    /// The base record the policy saw, as wire JSON (`None`: it saw none, or before schema 7).
+    pub base: Option<String>,
 }
 
 pub struct NewConflict<'a> {
@@ -51,9 +53,11 @@ pub struct NewConflict<'a> {
     pub reason: &'a str,
     pub created_at: i64,
     pub decided_by: Option<&'a DecidedBy>,
+    pub base: Option<&'a str>,
 }
 
-const COLUMNS: &str = "n, id, entity, record_id, incoming, server_version, reason, status, created_at, resolved_at, policy, policy_sha256";
+const COLUMNS: &str = "n, id, entity, record_id, incoming, server_version, reason, status, created_at, resolved_at, \
+                       policy, policy_sha256, base";
 
 fn from_row(r: &dyn Row) -> Result<ConflictRow, StoreError> {
     Ok(ConflictRow {
@@ -72,6 +76,7 @@ fn from_row(r: &dyn Row) -> Result<ConflictRow, StoreError> {
         created_at: r.int(8)?,
         resolved_at: r.opt_int(9)?,
         decided_by: super::records::decided_by(r, 10)?,
+        base: r.opt_text(12)?,
     })
 }
 
@@ -104,6 +109,21 @@ impl ReadTx<'_> {
         self.conn.page(&sql, &params, (limit, max_bytes), from_row, |c| c.incoming.len() + c.reason.len() + 128)
     }
 
+    /// Conflicts of every user on `entity` recorded at or after `since`, oldest
+    /// first, at most `limit`, each with its user (`policy replay`).
+    pub fn conflicts_since(
+        &self,
+        entity: &str,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, ConflictRow)>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS}, user_id FROM conflicts WHERE entity = ?1 AND created_at >= ?2 ORDER BY n LIMIT ?3"
+        );
+        let params = [P::Text(entity), P::Int(since), P::Int(i64::try_from(limit).unwrap_or(i64::MAX))];
+        self.conn.all(&sql, &params, |r| Ok((r.text(13)?, from_row(r)?)))
+    }
+
     pub fn conflict(&self, user: &str, id: &str) -> Result<Option<ConflictRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM conflicts WHERE user_id = ?1 AND id = ?2");
         self.conn.first(&sql, &[P::Text(user), P::Text(id)], from_row)
@@ -114,8 +134,8 @@ impl WriteTx<'_> {
     pub fn insert_conflict(&self, user: &str, c: &NewConflict<'_>) -> Result<(), StoreError> {
         self.conn.exec(
             "INSERT INTO conflicts (id, user_id, entity, record_id, incoming, server_version, reason, status, created_at,
-               client_id, policy, policy_sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?11)",
+               client_id, policy, policy_sha256, base)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?11, ?12)",
             &[
                 P::Text(c.id),
                 P::Text(user),
@@ -128,6 +148,7 @@ impl WriteTx<'_> {
                 P::OptText(c.client_id),
                 P::OptText(c.decided_by.map(|d| d.policy.as_str())),
                 P::OptText(c.decided_by.map(|d| d.sha256.as_str())),
+                P::OptText(c.base),
             ],
         )?;
         Ok(())

@@ -115,6 +115,7 @@ const TABLES: &[Table] = &[
             ("client_id", Text),
             ("policy", Text),
             ("policy_sha256", Text),
+            ("base", Text),
         ],
         order: "n",
     },

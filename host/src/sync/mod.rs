@@ -12,6 +12,7 @@ mod json;
 pub mod merge;
 mod pull;
 mod push;
+pub mod rehearse;
 mod replay;
 pub mod wire;
 
@@ -297,6 +298,29 @@ impl SyncCore {
                 let state = tx.user_state(&user)?;
                 let at = pull::Snapshot { epoch: &epoch, last_seq: state.last_seq, purged_seq: state.purged_seq };
                 Ok(pull::page(tx, &user, &entities, &at, since.as_ref(), &types, limit, max_bytes))
+            })
+            .await?
+    }
+
+    /// Decides the conflicts recorded on `entity` since `since` (unix ms; at
+    /// most `limit`, within `budget`) again with `decide`: a candidate rule's
+    /// report before it is deployed. Blocking work runs on a reader thread.
+    pub async fn replay_policy(
+        &self,
+        entity: &str,
+        since: i64,
+        limit: usize,
+        budget: Duration,
+        mut decide: impl FnMut(&crate::model::MergeInput<'_>) -> crate::model::Decision + Send + 'static,
+    ) -> Result<rehearse::ReplayReport, SyncError> {
+        let Some(index) = self.entities.index_of(entity) else {
+            return Err(SyncError::Invalid(format!("no entity type `{entity}`")));
+        };
+        let (entities, limits, entity) = (self.entities.clone(), self.limits.clone(), entity.to_string());
+        self.store
+            .read(move |tx| {
+                let conflicts = tx.conflicts_since(&entity, since, limit)?;
+                Ok(rehearse::replay(tx, &entities.types[index], &limits, &conflicts, budget, &mut decide))
             })
             .await?
     }

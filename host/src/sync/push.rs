@@ -352,11 +352,19 @@ fn decide_and_write(
                     reason: &reason,
                     created_at: now,
                     decided_by: rules.decided_by(type_index).as_ref(),
+                    base: base.as_ref().map(record_wire).as_deref(),
                 },
             )?;
             Outcome::Conflict { server, conflict_id, reason }
         }
     })
+}
+
+/// A stored record in wire form (a conflict's base).
+fn record_wire(row: &RecordRow) -> String {
+    let mut out = Vec::with_capacity(row.data.len() + 96);
+    json::push_record(&mut out, row);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The incoming record in wire form, as kept in the conflicts table.
