@@ -174,6 +174,11 @@ fn conflict_markers_are_never_written_into_data() {
     let base = "<<<<<<< ours\nkeep\n=======\nT\\n\n>>>>>>> theirs\n";
     let merged = merge_text(base, &base.replace("keep", "kept"), &format!("{base}|||||||\n")).expect("merges");
     assert_eq!(merged, "<<<<<<< ours\nkept\n=======\nT\\n\n>>>>>>> theirs\n|||||||\n");
+    // ...also where the lines overlap and are merged again word by word.
+    let base = "<<<<<<< ours\nx y\n=======\n|||||||\n";
+    let merged =
+        merge_text(base, &base.replace('x', "X"), &base.replace('y', "Y").replace("|||||||\n", "")).expect("merges");
+    assert_eq!(merged, "<<<<<<< ours\nX Y\n=======\n");
     // An overlap is a conflict decision; the server's record is untouched.
     for (server, mine) in [
         (NOTE.replace("May 3rd", "May 4th"), NOTE.replace("May 3rd", "May 5th")),
@@ -318,4 +323,75 @@ fn a_long_note_merges_quickly() {
         .replace("Paragraph 3:", "");
     assert_eq!(merged, expected);
     assert!(started.elapsed().as_millis() < 500, "{:?}", started.elapsed());
+}
+
+/// A small deterministic generator, so the randomized test needs no crate and always runs the same.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_edits_of_different_lines_and_words_merge_to_both_edits() {
+    let mut rng = Lcg(7);
+    for round in 0..400 {
+        let eol = if round % 3 == 0 { "\r\n" } else { "\n" };
+        let n = 3 + rng.below(40);
+        let line =
+            |i: usize, words: &[String]| format!("{}{eol}", words.join(if i.is_multiple_of(5) { "  " } else { " " }));
+        let base_words: Vec<Vec<String>> =
+            (0..n).map(|i| (0..2 + rng.below(6)).map(|j| format!("w{i}é{j}🙂")).collect()).collect();
+        let (mut base, mut ours, mut theirs, mut expected) =
+            (String::new(), String::new(), String::new(), String::new());
+        let mut overlap = false;
+        for (i, words) in base_words.iter().enumerate() {
+            let original = line(i, words);
+            base.push_str(&original);
+            // Odd lines stay as they are, so one side's line edits never touch the other's.
+            let action = if i % 2 == 1 { 0 } else { rng.below(10) };
+            let edit = |mut w: Vec<String>, j: usize, side: &str| {
+                w[j] = format!("{side}{round}");
+                line(i, &w)
+            };
+            let j = rng.below(words.len());
+            let (o, t, e) = match action {
+                1 => (edit(words.clone(), j, "O"), original.clone(), edit(words.clone(), j, "O")),
+                2 => (original.clone(), edit(words.clone(), j, "T"), edit(words.clone(), j, "T")),
+                3 => (String::new(), original.clone(), String::new()),
+                4 => (original.clone(), String::new(), String::new()),
+                5 => (format!("{original}new O{eol}"), original.clone(), format!("{original}new O{eol}")),
+                6 => (original.clone(), format!("{original}new T{eol}"), format!("{original}new T{eol}")),
+                7 if words.len() >= 3 => {
+                    // Both sides, different words of this line (an unchanged word or space between).
+                    let (a, b) =
+                        (j.min(words.len() - 2), (j.min(words.len() - 2) + 1 + rng.below(2)).min(words.len() - 1));
+                    let mut both = words.clone();
+                    both[a] = format!("O{round}");
+                    both[b] = format!("T{round}");
+                    (edit(words.clone(), a, "O"), edit(words.clone(), b, "T"), line(i, &both))
+                }
+                8 => (edit(words.clone(), j, "S"), edit(words.clone(), j, "S"), edit(words.clone(), j, "S")),
+                9 => {
+                    overlap = true;
+                    (edit(words.clone(), j, "O"), edit(words.clone(), j, "T"), String::new())
+                }
+                _ => (original.clone(), original.clone(), original.clone()),
+            };
+            ours.push_str(&o);
+            theirs.push_str(&t);
+            expected.push_str(&e);
+        }
+        let context = format!("round {round}\nbase:\n{base}\nours:\n{ours}\ntheirs:\n{theirs}");
+        if overlap {
+            assert_eq!(merge_text(&base, &ours, &theirs), None, "{context}");
+            assert_eq!(merge_text(&base, &theirs, &ours), None, "{context}");
+        } else {
+            assert_eq!(merge_text(&base, &ours, &theirs).as_deref(), Some(expected.as_str()), "{context}");
+            assert_eq!(merge_text(&base, &theirs, &ours).as_deref(), Some(expected.as_str()), "{context}");
+        }
+    }
 }

@@ -2,10 +2,11 @@
 //! sides changed. A merge succeeds or reports that the edits overlap; it never
 //! produces conflict markers.
 //!
-//! The diff3 is `diffy`'s, which merges line by line. Each token (a line, or
-//! a word) is handed to it as one escaped line that starts with `T`, so the
-//! markers of a conflicting result can never be mistaken for text, and the
-//! regions both sides changed are read back from between them.
+//! The diff3 is `diffy`'s, which merges line by line. When its plain merge of
+//! the texts finds lines both sides changed, the texts are merged again with
+//! each token (a line, then a word) handed to diffy as one escaped line that
+//! starts with `T`, so the markers of its result can never be mistaken for
+//! text, and the regions both sides changed are read back from between them.
 
 use diffy::{ConflictStyle, MergeOptions};
 
@@ -32,8 +33,19 @@ pub fn merge(base: &str, ours: &str, theirs: &str) -> Option<String> {
     if ours == base {
         return Some(theirs.to_string());
     }
+    // Most edits do not touch the same lines: then diffy's plain line merge is
+    // the result, and the tokens need no escaping (half the memory of a long body).
+    if let Ok(merged) = options().merge(base, ours, theirs) {
+        return Some(merged);
+    }
+    // Lines all three share at the start and at the end are kept as they are;
+    // only the stretch between them is merged again, token by token.
+    let start = common_prefix([base, ours, theirs]);
+    let end = common_suffix([&base[start..], &ours[start..], &theirs[start..]]);
+    let [b, o, t] = [base, ours, theirs].map(|text| &text[start..text.len() - end]);
     let mut merged = String::with_capacity(ours.len().max(theirs.len()));
-    for chunk in diff3(&lines(base), &lines(ours), &lines(theirs))? {
+    merged.push_str(&base[..start]);
+    for chunk in diff3(&lines(b), &lines(o), &lines(t))? {
         match chunk {
             Chunk::Clean(text) => merged.push_str(&text),
             Chunk::Overlap { base, ours, theirs } => {
@@ -46,7 +58,39 @@ pub fn merge(base: &str, ours: &str, theirs: &str) -> Option<String> {
             }
         }
     }
+    merged.push_str(&base[base.len() - end..]);
     Some(merged)
+}
+
+/// The length of the whole lines all three texts start with.
+fn common_prefix([first, b, c]: [&str; 3]) -> usize {
+    let mut len = 0;
+    for line in first.split_inclusive('\n') {
+        if !line.ends_with('\n') || !b[len..].starts_with(line) || !c[len..].starts_with(line) {
+            break;
+        }
+        len += line.len();
+    }
+    len
+}
+
+/// The length of the whole lines all three texts end with (the last one may
+/// lack a line break), never more than the shortest text.
+fn common_suffix(texts: [&str; 3]) -> usize {
+    let shortest = texts.iter().map(|t| t.len()).min().unwrap_or_default();
+    let mut len = 0;
+    for line in texts[0].split_inclusive('\n').rev() {
+        let next = len + line.len();
+        // `line` ends each text before the `len` bytes already matched, and starts a line there.
+        let ends = |t: &str| {
+            t[..t.len() - len].ends_with(line) && (t.len() == next || t.as_bytes()[t.len() - next - 1] == b'\n')
+        };
+        if next > shortest || !texts.iter().all(|t| ends(t)) {
+            break;
+        }
+        len = next;
+    }
+    len
 }
 
 /// Lines, each with its line break (`\n` or `\r\n`); the last may have none.
@@ -80,12 +124,17 @@ fn words(text: &str) -> Vec<&str> {
 /// diffy's three-way merge of token sequences, as clean and overlapping
 /// chunks; `None` if its output cannot be read back (never expected).
 fn diff3(base: &[&str], ours: &[&str], theirs: &[&str]) -> Option<Vec<Chunk>> {
-    let mut options = MergeOptions::new();
-    options.set_conflict_style(ConflictStyle::Diff3);
-    match options.merge(&encode(base), &encode(ours), &encode(theirs)) {
+    match options().merge(&encode(base), &encode(ours), &encode(theirs)) {
         Ok(merged) => Some(vec![Chunk::Clean(decode_all(&merged)?)]),
         Err(marked) => read_overlaps(&marked),
     }
+}
+
+/// diffy's merge, marking an overlap with the base's text between ours and theirs.
+fn options() -> MergeOptions {
+    let mut options = MergeOptions::new();
+    options.set_conflict_style(ConflictStyle::Diff3);
+    options
 }
 
 /// One line per token: `T`, the token with `\`, `\n` and `\r` escaped, `\n`.
@@ -197,6 +246,18 @@ mod tests {
             decode_into(line, &mut decoded).expect("decodes");
         }
         assert_eq!(decoded, tokens.concat());
+    }
+
+    #[test]
+    fn common_lines_at_both_ends_are_whole_lines() {
+        assert_eq!(common_prefix(["a\nb\nc", "a\nb\nd", "a\nbb\n"]), 2);
+        assert_eq!(common_prefix(["a\nb", "a\nb", "a\nb!"]), 2, "a last line without a break is never shared");
+        assert_eq!(common_prefix(["é\n", "é\n", "é\n"]), 3);
+        assert_eq!(common_suffix(["x\nend", "y\nend", "end"]), 3);
+        assert_eq!(common_suffix(["x\nend", "y\nfriend", "end"]), 0, "`end` is not a whole line of `friend`");
+        assert_eq!(common_suffix(["b\n", "X\nb\n", "b\n"]), 2);
+        assert_eq!(common_suffix(["\n\n", "\n", "x\n\n"]), 1, "never more than the shortest text");
+        assert_eq!(common_suffix(["a\r\nz\r\n", "b\r\nz\r\n", "c\r\nz\r\n"]), 3);
     }
 
     #[test]
