@@ -22,5 +22,6 @@ mod request_ids;
 mod sync_crash;
 mod sync_pull;
 mod sync_push;
+mod text_merge;
 mod tidy;
 mod typescript_client;
