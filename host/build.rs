@@ -17,6 +17,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("accord-policy-append-only", "append-only"),
     ("accord-policy-tombstone-wins", "tombstone-wins"),
     ("accord-policy-max-wins", "max-wins"),
+    ("accord-policy-text-merge", "text-merge"),
     ("accord-fixture-hostile", "fixture-hostile"),
     ("accord-fixture-wrong-world", "fixture-wrong-world"),
     ("custom-policy", "custom-policy"),

@@ -12,6 +12,7 @@ const GITIGNORE: &str = include_str!("../templates/policy-rust/gitignore");
 const SDK_CARGO_TOML: &str = include_str!("../templates/policy-rust/sdk.Cargo.toml");
 const SDK_LIB: &str = include_str!("../../plugins/sdk/src/lib.rs");
 const SDK_MERGE: &str = include_str!("../../plugins/sdk/src/merge.rs");
+const SDK_FIELD_MERGE: &str = include_str!("../../plugins/sdk/src/field_merge.rs");
 const WIT: &str = include_str!("../../wit/merge.wit");
 const RULE: &str = include_str!("../../examples/custom-policy/src/lib.rs");
 const CASES: &str = include_str!("../../examples/custom-policy/cases.json");
@@ -54,6 +55,7 @@ pub fn new_policy(parent: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
         // In the copy the contract sits beside the SDK.
         ("sdk/src/lib.rs", SDK_LIB.replace("path: \"../../wit\"", "path: \"wit\"")),
         ("sdk/src/merge.rs", SDK_MERGE.to_string()),
+        ("sdk/src/field_merge.rs", SDK_FIELD_MERGE.to_string()),
         ("sdk/wit/merge.wit", WIT.to_string()),
     ];
     for (path, text) in files {
@@ -82,5 +84,11 @@ mod tests {
         let sdk = std::fs::read_to_string(root.join("sdk/src/lib.rs")).unwrap_or_default();
         assert!(sdk.contains("path: \"wit\"") && !sdk.contains("../../wit"), "the copied SDK finds its WIT");
         assert!(matches!(new_policy(dir.path(), "notes-lww"), Err(ScaffoldError::Exists(_))));
+        // Every file of the SDK is copied (a new module must be added above).
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk/src");
+        for entry in std::fs::read_dir(sdk).unwrap_or_else(|e| panic!("{e}")) {
+            let name = entry.unwrap_or_else(|e| panic!("{e}")).file_name();
+            assert!(root.join("sdk/src").join(&name).is_file(), "the SDK's {name:?} is not copied by policy new");
+        }
     }
 }

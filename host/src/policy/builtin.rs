@@ -1,8 +1,8 @@
 //! The built-in policies, compiled from `plugins/` by host/build.rs and embedded in the binary.
 
 /// Names of the built-in policies.
-pub const NAMES: [&str; 6] =
-    ["field-merge", "compare-and-set", "version-wins", "append-only", "tombstone-wins", "max-wins"];
+pub const NAMES: [&str; 7] =
+    ["field-merge", "compare-and-set", "version-wins", "append-only", "tombstone-wins", "max-wins", "text-merge"];
 
 /// The component bytes of a built-in policy.
 pub fn bytes(name: &str) -> Option<&'static [u8]> {
@@ -13,6 +13,7 @@ pub fn bytes(name: &str) -> Option<&'static [u8]> {
         "append-only" => include_bytes!(concat!(env!("OUT_DIR"), "/policies/append-only.wasm")),
         "tombstone-wins" => include_bytes!(concat!(env!("OUT_DIR"), "/policies/tombstone-wins.wasm")),
         "max-wins" => include_bytes!(concat!(env!("OUT_DIR"), "/policies/max-wins.wasm")),
+        "text-merge" => include_bytes!(concat!(env!("OUT_DIR"), "/policies/text-merge.wasm")),
         _ => return None,
     })
 }

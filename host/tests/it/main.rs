@@ -24,6 +24,7 @@ mod schemathesis;
 mod sync_crash;
 mod sync_pull;
 mod sync_push;
+mod text_merge;
 mod tidy;
 mod typescript_client;
 mod wire_shapes;

@@ -5,57 +5,24 @@
 //!
 //! Settings: `ignore` (fields that never conflict; the incoming value wins),
 //! `later_wins` + `by` (fields where the side with the greater `by` timestamp wins).
+//!
+//! The rule lives in the SDK (`accord_policy_sdk::field_merge`), so policies
+//! built on it decide every case it covers exactly as it does.
 
-use accord_policy_sdk::{Decision, FieldMerge, MergeInput, object, same_json, settings, three_way, to_text};
-use serde::Deserialize;
-
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct Settings {
-    ignore: Vec<String>,
-    later_wins: Vec<String>,
-    by: Option<String>,
-}
+use accord_policy_sdk::field_merge::{FieldMergeSettings, Step, merge_data, record_step};
+use accord_policy_sdk::{Decision, MergeInput, settings};
 
 pub fn decide(input: &MergeInput) -> Decision {
-    let incoming = &input.incoming;
-    // Cheap cases first: no parsing for new records or fast-forward edits.
-    let Some(server) = &input.server else { return Decision::Accept };
-    if incoming.base_version == server.version {
-        return Decision::Accept;
-    }
-    if server.deleted == incoming.deleted && same_json(&server.data, &incoming.data) {
-        return Decision::Accept;
-    }
-    let Some(base) = &input.base else {
-        return Decision::Conflict(format!(
-            "the change was based on version {}, which is no longer known, and the records differ",
-            incoming.base_version
-        ));
+    let (base, server) = match record_step(input) {
+        Step::Decided(decision) => return decision,
+        Step::MergeData { base, server } => (base, server),
     };
-    if server.deleted || incoming.deleted {
-        return match (server.deleted, incoming.deleted) {
-            (true, true) => Decision::Accept,
-            (true, false) => Decision::Conflict("the record was deleted on the server and edited here".into()),
-            _ if same_json(&server.data, &base.data) => Decision::Accept,
-            _ => Decision::Conflict("the record was edited on the server and deleted here".into()),
-        };
-    }
-    let rules: Settings = match settings(input) {
+    let rules: FieldMergeSettings = match settings(input) {
         Ok(s) => s,
         // A configuration mistake must not make the client drop its record: keep it as a conflict.
         Err(e) => return Decision::Conflict(format!("policy failed: {e}")),
     };
-    let parsed = (object(&base.data), object(&server.data), object(&incoming.data));
-    let (Ok(b), Ok(s), Ok(i)) = parsed else {
-        return Decision::Reject("field-merge: a record's data is not a JSON object".into());
-    };
-    let field_rules = FieldMerge { ignore: &rules.ignore, later_wins: &rules.later_wins, by: rules.by.as_deref() };
-    match three_way(&b, &s, &i, &field_rules) {
-        Ok(merged) if merged == i => Decision::Accept,
-        Ok(merged) => Decision::Merged { deleted: false, data: to_text(&merged) },
-        Err(fields) => Decision::Conflict(format!("both sides changed {}", fields.join(", "))),
-    }
+    merge_data("field-merge", base, server, &input.incoming, &rules.rules())
 }
 
 accord_policy_sdk::policy!(decide);
@@ -82,6 +49,46 @@ mod tests {
         assert_eq!(v, serde_json::json!({"title": "T2", "body": "B2"}));
         let clash = decide(&input(server, base, incoming(2, 1, r#"{"title":"mine","body":"b"}"#)));
         assert!(matches!(clash, Decision::Conflict(r) if r.contains("title")));
+    }
+
+    #[test]
+    fn deletes_settings_and_bad_data() {
+        use accord_policy_sdk::testing::tombstone;
+        let base = Some(stored(1, r#"{"a":1,"t":"x","at":1}"#));
+        let mut delete = incoming(2, 1, "{}");
+        delete.deleted = true;
+        // Deleted on both sides; deleted on the server and edited here; edited there and deleted here.
+        assert_eq!(decide(&input(Some(tombstone(2)), base.clone(), delete.clone())), Decision::Accept);
+        let edit = incoming(2, 1, r#"{"a":2,"t":"x","at":1}"#);
+        assert!(
+            matches!(decide(&input(Some(tombstone(2)), base.clone(), edit)), Decision::Conflict(r) if r.contains("deleted on the server"))
+        );
+        let edited = Some(stored(2, r#"{"a":5,"t":"x","at":1}"#));
+        assert!(
+            matches!(decide(&input(edited, base.clone(), delete.clone())), Decision::Conflict(r) if r.contains("deleted here"))
+        );
+        let unchanged = Some(stored(2, r#"{"a":1,"t":"x","at":1}"#));
+        assert_eq!(decide(&input(unchanged, base.clone(), delete)), Decision::Accept);
+        // later_wins + by, and ignore.
+        let server = Some(stored(2, r#"{"a":1,"t":"server","at":5}"#));
+        let mut later = input(server.clone(), base.clone(), incoming(2, 1, r#"{"a":1,"t":"mine","at":9}"#));
+        later.settings = r#"{"later_wins":["t"],"ignore":["at"],"by":"at"}"#.into();
+        assert_eq!(decide(&later), Decision::Accept);
+        let mut earlier = input(server.clone(), base.clone(), incoming(2, 1, r#"{"a":2,"t":"mine","at":3}"#));
+        earlier.settings = r#"{"later_wins":["t"],"ignore":["at"],"by":"at"}"#.into();
+        let Decision::Merged { data, deleted: false } = decide(&earlier) else { panic!("expected merged") };
+        let v: serde_json::Value = serde_json::from_str(&data).expect("json");
+        assert_eq!(v, serde_json::json!({"a": 2, "t": "server", "at": 3}));
+        // Settings that do not parse keep the record as a conflict; data that is no object is rejected.
+        let mut bad = input(server.clone(), base.clone(), incoming(2, 1, r#"{"a":3}"#));
+        bad.settings = r#"{"ignore":"a"}"#.into();
+        assert!(
+            matches!(decide(&bad), Decision::Conflict(r) if r.starts_with("policy failed: invalid policy_settings"))
+        );
+        assert_eq!(
+            decide(&input(server, base, incoming(2, 1, "[1]"))),
+            Decision::Reject("field-merge: a record's data is not a JSON object".into())
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! natively with `cargo test`, then `accord_policy_sdk::policy!(decide);` and
 //! build with `cargo build --release --target wasm32-wasip2`.
 
+pub mod field_merge;
 pub mod merge;
 
 #[cfg(target_arch = "wasm32")]
@@ -22,7 +23,7 @@ pub mod bindings {
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-pub use merge::{FieldMerge, three_way};
+pub use merge::{FieldMerge, Settle, three_way};
 
 /// One stored version of a record; `data` is a JSON object as text.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,8 +2,13 @@
 
 use serde_json::{Map, Value};
 
+/// Settles a field both sides changed differently: given the field's name and
+/// its value in base, server and incoming (absent = `None`), returns the value
+/// to keep, or `None` to leave the field to the rules below it.
+pub type Settle<'a> = &'a dyn Fn(&str, Option<&Value>, Option<&Value>, Option<&Value>) -> Option<Value>;
+
 /// How fields that both sides changed are settled.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct FieldMerge<'a> {
     /// Fields that never cause a conflict: when both sides changed them, the incoming value wins.
     pub ignore: &'a [String],
@@ -11,6 +16,20 @@ pub struct FieldMerge<'a> {
     pub later_wins: &'a [String],
     /// The timestamp field compared for `later_wins` (numbers or ISO-8601 strings).
     pub by: Option<&'a str>,
+    /// Tried first for a field both sides changed differently (e.g. a text
+    /// merge); when it returns `None`, `ignore` and `later_wins` apply as usual.
+    pub settle: Option<Settle<'a>>,
+}
+
+impl std::fmt::Debug for FieldMerge<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FieldMerge")
+            .field("ignore", &self.ignore)
+            .field("later_wins", &self.later_wins)
+            .field("by", &self.by)
+            .field("settle", &self.settle.map(|_| "fn"))
+            .finish()
+    }
 }
 
 /// Merges `incoming` into `server` against their common `base`, per top-level
@@ -32,7 +51,12 @@ pub fn three_way(
         let (b, s, i) = (base.get(key), server.get(key), incoming.get(key));
         let take_incoming = if s == i || i == b {
             false
-        } else if s == b || rules.ignore.iter().any(|f| f == key) {
+        } else if s == b {
+            true
+        } else if let Some(value) = rules.settle.and_then(|settle| settle(key, b, s, i)) {
+            merged.insert(key.clone(), value);
+            false
+        } else if rules.ignore.iter().any(|f| f == key) {
             true
         } else if rules.later_wins.iter().any(|f| f == key) {
             let stamp = |m: &Map<String, Value>| rules.by.and_then(|by| m.get(by)).cloned();
@@ -91,8 +115,28 @@ mod tests {
         assert_eq!(three_way(&base, &server, &incoming, &FieldMerge::default()), Err(vec!["at".into(), "t".into()]));
         let fields = ["t".to_string()];
         let ignore = ["at".to_string()];
-        let rules = FieldMerge { ignore: &ignore, later_wins: &fields, by: Some("at") };
+        let rules = FieldMerge { ignore: &ignore, later_wins: &fields, by: Some("at"), settle: None };
         let merged = three_way(&base, &server, &incoming, &rules).expect("ruled");
         assert_eq!(merged["t"], "mine");
+    }
+
+    #[test]
+    fn settle_is_tried_first_and_falls_back_to_the_rules() {
+        let base = obj(json!({"t": "x", "n": 1, "only_server": 1}));
+        let server = obj(json!({"t": "server", "n": 2, "only_server": 2}));
+        let incoming = obj(json!({"t": "mine", "n": 3, "only_server": 1}));
+        // Settles `t` only; is never asked about fields one side alone changed.
+        let settle = |key: &str, _: Option<&Value>, s: Option<&Value>, i: Option<&Value>| {
+            assert_ne!(key, "only_server");
+            let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+            (key == "t").then(|| json!(format!("{}+{}", text(s), text(i))))
+        };
+        let ignore = ["t".to_string()];
+        let rules = FieldMerge { ignore: &ignore, settle: Some(&settle), ..FieldMerge::default() };
+        assert_eq!(three_way(&base, &server, &incoming, &rules), Err(vec!["n".to_string()]));
+        let ignore = ["t".to_string(), "n".to_string()];
+        let rules = FieldMerge { ignore: &ignore, settle: Some(&settle), ..FieldMerge::default() };
+        let merged = three_way(&base, &server, &incoming, &rules).expect("settled");
+        assert_eq!(Value::Object(merged), json!({"t": "server+mine", "n": 3, "only_server": 2}));
     }
 }

@@ -1,0 +1,95 @@
+//! `field-merge`'s whole rule as a library, so that policies built on it
+//! (`text-merge`) decide every case it covers exactly as it does.
+//!
+//! A rule runs in two steps: [`record_step`] settles what needs no look inside
+//! `data` (new records, fast-forward edits, identical content, an unknown
+//! base, deletes); when both sides edited a live record since a known base,
+//! [`merge_data`] merges `data` per field with [`FieldMerge`] rules.
+
+use serde::Deserialize;
+
+use crate::merge::{FieldMerge, three_way};
+use crate::{Decision, IncomingRecord, MergeInput, StoredRecord, object, same_json, to_text};
+
+/// `field-merge`'s `policy_settings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct FieldMergeSettings {
+    /// Fields that never conflict; when both sides changed one, the incoming value wins.
+    pub ignore: Vec<String>,
+    /// Fields where, when both sides changed one, the side whose `by` field is greater wins.
+    pub later_wins: Vec<String>,
+    /// The timestamp field compared for `later_wins`.
+    pub by: Option<String>,
+}
+
+impl FieldMergeSettings {
+    /// These settings as rules for [`three_way`] (no `settle`).
+    pub fn rules(&self) -> FieldMerge<'_> {
+        FieldMerge { ignore: &self.ignore, later_wins: &self.later_wins, by: self.by.as_deref(), settle: None }
+    }
+}
+
+/// What [`record_step`] found.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// Decided without parsing `data`.
+    Decided(Decision),
+    /// Both sides edited a live record since `base`: merge `data` per field.
+    MergeData { base: &'a StoredRecord, server: &'a StoredRecord },
+}
+
+/// The cases `field-merge` decides before looking inside `data`:
+/// - new record, or a change made on the server's current version: accept;
+/// - same content as the server's: accept;
+/// - base unknown (`baseVersion` 0 or out of history) and the sides differ: conflict;
+/// - deletes: both deleted → accept; deleted on the server and edited here →
+///   conflict; deleted here with no server edit since the base → accept, else conflict.
+pub fn record_step(input: &MergeInput) -> Step<'_> {
+    let incoming = &input.incoming;
+    // Cheap cases first: no parsing for new records or fast-forward edits.
+    let Some(server) = &input.server else { return Step::Decided(Decision::Accept) };
+    if incoming.base_version == server.version {
+        return Step::Decided(Decision::Accept);
+    }
+    if server.deleted == incoming.deleted && same_json(&server.data, &incoming.data) {
+        return Step::Decided(Decision::Accept);
+    }
+    let Some(base) = &input.base else {
+        return Step::Decided(Decision::Conflict(format!(
+            "the change was based on version {}, which is no longer known, and the records differ",
+            incoming.base_version
+        )));
+    };
+    if server.deleted || incoming.deleted {
+        return Step::Decided(match (server.deleted, incoming.deleted) {
+            (true, true) => Decision::Accept,
+            (true, false) => Decision::Conflict("the record was deleted on the server and edited here".into()),
+            _ if same_json(&server.data, &base.data) => Decision::Accept,
+            _ => Decision::Conflict("the record was edited on the server and deleted here".into()),
+        });
+    }
+    Step::MergeData { base, server }
+}
+
+/// Merges `data` per top-level field with `rules` (see [`three_way`]):
+/// merged, or accept when the result is the incoming record, or a conflict
+/// naming the fields both sides changed; data that is not a JSON object is
+/// rejected with a reason that starts with `policy`'s name.
+pub fn merge_data(
+    policy: &str,
+    base: &StoredRecord,
+    server: &StoredRecord,
+    incoming: &IncomingRecord,
+    rules: &FieldMerge<'_>,
+) -> Decision {
+    let parsed = (object(&base.data), object(&server.data), object(&incoming.data));
+    let (Ok(b), Ok(s), Ok(i)) = parsed else {
+        return Decision::Reject(format!("{policy}: a record's data is not a JSON object"));
+    };
+    match three_way(&b, &s, &i, rules) {
+        Ok(merged) if merged == i => Decision::Accept,
+        Ok(merged) => Decision::Merged { deleted: false, data: to_text(&merged) },
+        Err(fields) => Decision::Conflict(format!("both sides changed {}", fields.join(", "))),
+    }
+}
