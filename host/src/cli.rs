@@ -11,6 +11,7 @@ use crate::http::keys::parse_scopes;
 use crate::policy;
 use crate::server;
 use crate::store::{self, now_ms};
+use std::sync::Arc;
 
 /// Exit code for a configuration that cannot be used.
 const EXIT_CONFIG: u8 = 2;
@@ -78,6 +79,21 @@ enum PolicyCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Replay the conflicts recorded on an entity type through a candidate policy (nothing is
+    /// written): how many it would have accepted, merged, left in conflict or rejected, with samples.
+    Replay {
+        /// The candidate policy component (.wasm).
+        file: PathBuf,
+        /// The entity type whose conflicts to replay (its policy_settings are used).
+        #[arg(long)]
+        entity: String,
+        /// Only conflicts recorded within this long: a number with s, m, h or d (e.g. 7d). Default: all.
+        #[arg(long, value_name = "DURATION", value_parser = crate::model::parse_duration_ms)]
+        since: Option<i64>,
+        /// At most this many conflicts, oldest first.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// Validate a component against the accord:merge/policy WIT world (exit 2 if it does not load).
     Check {
         /// The policy component (.wasm).
@@ -128,28 +144,8 @@ struct CreateArgs {
     scopes: Vec<String>,
     /// Make the key stop working after this long: a number with s, m, h or d
     /// (e.g. 90m, 12h, 30d). Default: the key does not expire.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::model::parse_duration_ms)]
     expires_in: Option<i64>,
-}
-
-/// Parses `30d`, `12h`, `90m` or `45s` into milliseconds.
-fn parse_duration_ms(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    let split = text.len().saturating_sub(1);
-    let (number, unit) = (text.get(..split).unwrap_or(""), text.get(split..).unwrap_or(""));
-    let unit_ms: i64 = match unit {
-        "s" => 1000,
-        "m" => 60 * 1000,
-        "h" => 3600 * 1000,
-        "d" => 86_400 * 1000,
-        _ => return Err(format!("`{text}`: expected a number followed by s, m, h or d (e.g. 30d)")),
-    };
-    let count: i64 = number
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("`{text}`: expected a positive whole number before `{unit}`"))?;
-    count.checked_mul(unit_ms).filter(|ms| *ms < i64::MAX / 2).ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// Scopes of a CLI-created key when none are named: enough to sync and to manage one's keys over HTTP.
@@ -312,6 +308,9 @@ async fn run(command: Command, config: Config, file: Option<PathBuf>) -> Result<
             Ok(())
         }
         Command::Keys(cmd) => Ok(keys(cmd, config).await?),
+        Command::Policy(PolicyCommand::Replay { file, entity, since, limit }) => {
+            replay(config, &file, entity, since, limit).await
+        }
         Command::Policy(cmd) => tokio::task::spawn_blocking(move || policy_command(cmd, &config))
             .await
             .map_err(|e| Failure::Other(e.to_string()))?,
@@ -395,6 +394,7 @@ async fn keys_on(store: &store::Store, cmd: KeysCommand) -> Result<(), String> {
 fn policy_command(cmd: PolicyCommand, config: &Config) -> Result<(), Failure> {
     let (file, cases) = match cmd {
         PolicyCommand::New { name, dir } => return new_policy(&dir, &name),
+        PolicyCommand::Replay { .. } => return Err(Failure::Other("replay runs in `run`".into())),
         PolicyCommand::Check { file } => (file, None),
         PolicyCommand::Test { file, cases } => (file, Some(cases)),
     };
@@ -435,6 +435,47 @@ fn policy_command(cmd: PolicyCommand, config: &Config) -> Result<(), Failure> {
     }
 }
 
+/// `accord policy replay`: the candidate's decisions on recorded conflicts, printed.
+async fn replay(
+    config: Config,
+    file: &std::path::Path,
+    entity: String,
+    since: Option<i64>,
+    limit: usize,
+) -> Result<(), Failure> {
+    let bytes = std::fs::read(file).map_err(|e| Failure::Config(format!("cannot read {}: {e}", file.display())))?;
+    let settings = config
+        .entities
+        .get(&entity)
+        .ok_or_else(|| Failure::Config(format!("no entity type `{entity}` in the configuration")))?
+        .settings_json();
+    let runtime = policy::Runtime::new(&config.policies, &author_cache_dir(&config), config.sync.max_record_bytes)
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    let name = file.file_stem().map_or("candidate".into(), |s| s.to_string_lossy().into_owned());
+    let candidate = runtime
+        .load(&name, &bytes, &file.display().to_string(), "candidate")
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    let entities = Arc::new(crate::sync::Entities::from_config(&config).map_err(|e| Failure::Config(e.to_string()))?);
+    let store = server::open_store(&config).await.map_err(|e| Failure::Other(e.to_string()))?;
+    let scope = crate::sync::rehearse::Scope {
+        entity,
+        since: since.map_or(0, |ms| now_ms().saturating_sub(ms)),
+        limit,
+        budget: std::time::Duration::from_secs(3600),
+    };
+    let decide = move |input: &crate::model::MergeInput<'_>| {
+        candidate
+            .decide(input, &settings)
+            .unwrap_or_else(|f| crate::model::Decision::Conflict(format!("policy failed: {f}")))
+    };
+    let report =
+        crate::sync::rehearse::replay_stored(&store, entities, Arc::new(config.sync.clone()), scope, decide).await;
+    store.close().await;
+    let report = report.map_err(|e| Failure::Other(e.to_string()))?;
+    print!("{}", crate::sync::rehearse::render_text(&report, &name));
+    Ok(())
+}
+
 /// Where `policy check|test` cache compiled components: `policies.cache_dir` if
 /// set, else the user's cache folder (never a `data/` in the author's crate).
 fn author_cache_dir(config: &Config) -> PathBuf {
@@ -466,20 +507,4 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration_ms;
-
-    #[test]
-    fn durations_take_s_m_h_d_suffixes() {
-        assert_eq!(parse_duration_ms("45s"), Ok(45_000));
-        assert_eq!(parse_duration_ms("90m"), Ok(90 * 60_000));
-        assert_eq!(parse_duration_ms("12h"), Ok(12 * 3_600_000));
-        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
-        for bad in ["", "d", "30", "30w", "-1d", "0d", "1.5h", "99999999999999999d", "3 d"] {
-            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
-        }
-    }
 }

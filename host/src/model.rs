@@ -82,3 +82,39 @@ pub fn now_ms() -> i64 {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Parses `30d`, `12h`, `90m` or `45s` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = (text.get(..split).unwrap_or(""), text.get(split..).unwrap_or(""));
+    let unit_ms: i64 = match unit {
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
+        "d" => 86_400 * 1000,
+        _ => return Err(format!("`{text}`: expected a number followed by s, m, h or d (e.g. 30d)")),
+    };
+    let count: i64 = number
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}`: expected a positive whole number before `{unit}`"))?;
+    count.checked_mul(unit_ms).filter(|ms| *ms < i64::MAX / 2).ok_or_else(|| format!("`{text}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_take_s_m_h_d_suffixes() {
+        assert_eq!(parse_duration_ms("45s"), Ok(45_000));
+        assert_eq!(parse_duration_ms("90m"), Ok(90 * 60_000));
+        assert_eq!(parse_duration_ms("12h"), Ok(12 * 3_600_000));
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        for bad in ["", "d", "30", "30w", "-1d", "0d", "1.5h", "99999999999999999d", "3 d"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,12 +1,16 @@
 //! `/api/admin/*`: the policy set in use, and reloading it (scope `admin`).
 
+use std::time::Duration;
+
 use axum::Json;
-use axum::extract::State;
-use serde::Serialize;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use super::schema::Problem;
+use super::schema::{Problem, ReplayReport};
 use super::{ApiError, AppState};
 use crate::auth::{Principal, Scope};
 use crate::policy::reload;
@@ -101,4 +105,105 @@ pub async fn reload(State(state): State<AppState>, caller: Principal) -> Result<
         .await
         .map_err(|e| ApiError::Unprocessable(format!("reload refused, the previous policies stay active: {e}")))?;
     Ok(Json(view(&state)))
+}
+
+/// Most conflicts one replay looks at.
+const MAX_REPLAY: u64 = 10_000;
+/// Wall-clock bound of one replay (each call also has `policies.cpu_ms`).
+const REPLAY_BUDGET: Duration = Duration::from_secs(30);
+
+/// `POST /api/admin/policies/replay` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayQuery {
+    entity: String,
+    since: Option<String>,
+    limit: Option<u64>,
+}
+
+/// `POST /api/admin/policies/replay?entity=&since=&limit=` with a component as the body.
+#[utoipa::path(
+    post,
+    path = "/api/admin/policies/replay",
+    operation_id = "replayPolicy",
+    tag = "admin",
+    summary = "Replay recorded conflicts through a candidate policy (nothing is written)",
+    description = "Scope admin. The body is the candidate component (.wasm, at most server.max_body_bytes). Each conflict recorded on `entity` is decided again with the incoming, server and base records as they were and the entity type's policy_settings; the answer counts what the candidate would have accepted, merged, left in conflict or rejected, with up to 5 samples of each (ids and field-level differences). At most `limit` conflicts (default 1000, at most 10000), oldest first, within 30 s (`truncated` says the bound stopped it). One replay runs at a time (429 while another does). 422 when the component does not load.",
+    params(
+        ("entity" = String, Query, description = "The entity type whose conflicts to replay"),
+        ("since" = Option<String>, Query, pattern = "^[1-9][0-9]{0,8}[smhd]$", description = "Only conflicts recorded within this long, e.g. 7d; absent = all"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "At most this many conflicts (default 1000)"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "What the candidate would have decided", body = ReplayReport),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 413, response = Problem),
+        (status = 422, response = Problem),
+        (status = 429, response = Problem)
+    )
+)]
+pub async fn replay(
+    State(state): State<AppState>,
+    caller: Principal,
+    query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let since = match query.since.as_deref() {
+        None => 0,
+        Some(text) => {
+            // Exactly the document's pattern: 1 to 9 digits, no leading zero, then s, m, h or d.
+            let digits = text.get(..text.len().saturating_sub(1)).unwrap_or("");
+            let shaped = (1..=9).contains(&digits.len())
+                && !digits.starts_with('0')
+                && digits.bytes().all(|b| b.is_ascii_digit());
+            let ms = crate::model::parse_duration_ms(text).ok().filter(|_| shaped).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "`since` must be like 7d (1 to 9 digits, then s, m, h or d), not `{text}`"
+                ))
+            })?;
+            crate::model::now_ms().saturating_sub(ms)
+        }
+    };
+    let limit = match query.limit {
+        None => 1000,
+        Some(n) if (1..=MAX_REPLAY).contains(&n) => n,
+        Some(_) => return Err(ApiError::BadRequest(format!("`limit` must be from 1 to {MAX_REPLAY}"))),
+    };
+    let Some(entity) = state.config.entities.get(&query.entity) else {
+        return Err(ApiError::Unprocessable(format!("no entity type `{}`", query.entity)));
+    };
+    if body.is_empty() {
+        return Err(ApiError::Unprocessable("the body must be the candidate policy component (.wasm)".into()));
+    }
+    let Ok(_running) = state.limits.replays.try_acquire() else {
+        return Err(ApiError::TooManyRequests {
+            detail: "another policy replay is running; retry when it ends".into(),
+            retry_after_secs: Some(REPLAY_BUDGET.as_secs()),
+        });
+    };
+    let settings = entity.settings_json();
+    let runtime = state.policies.runtime().clone();
+    let candidate =
+        tokio::task::spawn_blocking(move || runtime.load("candidate", &body, "replay request", "candidate"))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Unprocessable(format!("the candidate does not load: {e}")))?;
+    let decide = move |input: &crate::model::MergeInput<'_>| {
+        candidate
+            .decide(input, &settings)
+            .unwrap_or_else(|f| crate::model::Decision::Conflict(format!("policy failed: {f}")))
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let report = state.sync.replay_policy(&query.entity, since, limit, REPLAY_BUDGET, decide).await?;
+    let body = serde_json::to_vec(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut response = Response::new(axum::body::Body::from(body));
+    response
+        .headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    Ok(response)
 }

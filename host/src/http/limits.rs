@@ -19,6 +19,8 @@ pub struct UserLimits {
     pub streams: Arc<UserSlots>,
     pub long_polls: Arc<UserSlots>,
     pub uploads: Arc<UserSlots>,
+    /// Policy replays compile and run a candidate: one at a time, server-wide.
+    pub replays: tokio::sync::Semaphore,
 }
 
 impl UserLimits {
@@ -31,6 +33,7 @@ impl UserLimits {
                 config.sync.max_long_polls_per_user,
             ),
             uploads: UserSlots::new("blob uploads", "blobs.max_uploads_per_user", config.blobs.max_uploads_per_user),
+            replays: tokio::sync::Semaphore::new(1),
         }
     }
 }

@@ -78,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .routes(routes!(sync::history))
         .routes(routes!(admin::policies))
         .routes(routes!(admin::reload))
+        .routes(routes!(admin::replay))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
         .routes(routes!(ops::healthz))

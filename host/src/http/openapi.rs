@@ -89,7 +89,8 @@ fn tailor(doc: &mut Value, config: &Config) {
     push["additionalProperties"] = json!(false);
     push["description"] = json!(format!("Entity type → records; the types are {}", list(&types)));
     let entity = json!({"type": "string", "enum": types});
-    set_param(doc, "/api/sync/conflicts", "get", "entity", entity);
+    set_param(doc, "/api/sync/conflicts", "get", "entity", entity.clone());
+    set_param(doc, "/api/admin/policies/replay", "post", "entity", entity);
     let alternatives = types.iter().map(|t| regex_escape(t)).collect::<Vec<_>>().join("|");
     let types_param = json!({"type": "string", "pattern": format!("^(({alternatives})(,({alternatives}))*)?$")});
     set_param(doc, "/api/sync/pull", "get", "types", types_param);

@@ -266,6 +266,61 @@ pub struct BlobStored {
     pub size: u64,
 }
 
+/// `POST /api/admin/policies/replay` answer (written by `sync::rehearse`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayReport {
+    pub entity: String,
+    /// Conflicts looked at, skipped ones included.
+    pub conflicts: u64,
+    pub accepted: u64,
+    pub merged: u64,
+    pub conflict: u64,
+    pub rejected: u64,
+    /// Conflicts whose server version is no longer kept (resolved long ago, history pruned).
+    pub skipped: u64,
+    /// The time bound stopped the replay before the last conflict.
+    pub truncated: bool,
+    pub samples: ReplaySamples,
+}
+
+/// Up to 5 replayed conflicts per kind of decision.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySamples {
+    pub accepted: Vec<ReplaySample>,
+    pub merged: Vec<ReplaySample>,
+    pub conflict: Vec<ReplaySample>,
+    pub rejected: Vec<ReplaySample>,
+}
+
+/// One replayed conflict and the fields where the sides and the result differ.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplaySample {
+    pub conflict_id: String,
+    pub user_id: String,
+    pub record_id: String,
+    /// For conflicts and rejections.
+    #[schema(value_type = String, required = false)]
+    pub reason: Option<String>,
+    pub fields: Vec<FieldDiff>,
+}
+
+/// A top-level field as the server had it, as the client sent it and as the
+/// candidate leaves it (`result`, absent for conflicts and rejections); null when absent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDiff {
+    pub field: String,
+    #[schema(value_type = Value)]
+    pub server: Value,
+    #[schema(value_type = Value)]
+    pub incoming: Value,
+    #[schema(value_type = Value, required = false)]
+    pub result: Option<Value>,
+}
+
 /// `status` filter of `GET /api/sync/conflicts`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

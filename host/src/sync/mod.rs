@@ -313,16 +313,9 @@ impl SyncCore {
         budget: Duration,
         mut decide: impl FnMut(&crate::model::MergeInput<'_>) -> crate::model::Decision + Send + 'static,
     ) -> Result<rehearse::ReplayReport, SyncError> {
-        let Some(index) = self.entities.index_of(entity) else {
-            return Err(SyncError::Invalid(format!("no entity type `{entity}`")));
-        };
-        let (entities, limits, entity) = (self.entities.clone(), self.limits.clone(), entity.to_string());
-        self.store
-            .read(move |tx| {
-                let conflicts = tx.conflicts_since(&entity, since, limit)?;
-                Ok(rehearse::replay(tx, &entities.types[index], &limits, &conflicts, budget, &mut decide))
-            })
-            .await?
+        let (entities, limits) = (self.entities.clone(), self.limits.clone());
+        let scope = rehearse::Scope { entity: entity.to_string(), since, limit, budget };
+        rehearse::replay_stored(&self.store, entities, limits, scope, move |input| decide(input)).await
     }
 
     /// A record's current version and the earlier ones history still holds,

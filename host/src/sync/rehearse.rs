@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{EntityType, SyncError};
+use std::sync::Arc;
+
+use super::{Entities, EntityType, SyncError};
 use crate::config::SyncConfig;
 use crate::model::{Decision, Incoming, MergeInput, RecordRow};
-use crate::store::{ConflictRow, ReadTx};
+use crate::store::{ConflictRow, ReadTx, Store};
 
 /// Samples kept per kind of decision.
 const SAMPLES: usize = 5;
@@ -71,6 +73,34 @@ pub struct FieldDiff {
     pub result: Option<Value>,
 }
 
+/// Which conflicts to replay: those on `entity` recorded since `since` (unix
+/// ms), at most `limit`, within `budget` of time.
+pub struct Scope {
+    pub entity: String,
+    pub since: i64,
+    pub limit: usize,
+    pub budget: Duration,
+}
+
+/// Replays the stored conflicts `scope` names with `decide` (on a reader thread).
+pub async fn replay_stored(
+    store: &Store,
+    entities: Arc<Entities>,
+    limits: Arc<SyncConfig>,
+    scope: Scope,
+    mut decide: impl FnMut(&MergeInput<'_>) -> Decision + Send + 'static,
+) -> Result<ReplayReport, SyncError> {
+    let Some(index) = entities.index_of(&scope.entity) else {
+        return Err(SyncError::Invalid(format!("no entity type `{}`", scope.entity)));
+    };
+    store
+        .read(move |tx| {
+            let conflicts = tx.conflicts_since(&scope.entity, scope.since, scope.limit)?;
+            Ok(replay(tx, &entities.types[index], &limits, &conflicts, scope.budget, &mut decide))
+        })
+        .await?
+}
+
 /// Decides each of `conflicts` again with `decide`, within `budget` of time.
 pub fn replay(
     tx: &ReadTx<'_>,
@@ -100,7 +130,8 @@ pub fn replay(
         };
         let incoming = incoming_of(&c.incoming, ty, limits)?;
         let base = c.base.as_deref().map(|b| record_of(b, &ty.name, &c.record_id)).transpose()?;
-        let input = MergeInput { entity: &ty.name, user, server: server.as_ref(), base: base.as_ref(), incoming: &incoming };
+        let input =
+            MergeInput { entity: &ty.name, user, server: server.as_ref(), base: base.as_ref(), incoming: &incoming };
         let decision = decide(&input);
         let server_data = server.as_ref().map_or("{}", |s| s.data.as_str());
         let (kind, reason, result) = match &decision {
@@ -127,6 +158,40 @@ pub fn replay(
         }
     }
     Ok(report)
+}
+
+/// The report for a terminal: counts, then each kind's samples with their field diffs.
+pub fn render_text(r: &ReplayReport, candidate: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{candidate} on {} conflicts of `{}`:", r.conflicts, r.entity);
+    let _ = writeln!(
+        out,
+        "  accepted {}, merged {}, conflict {}, rejected {}, skipped {} (server version no longer kept){}",
+        r.accepted,
+        r.merged,
+        r.conflict,
+        r.rejected,
+        r.skipped,
+        if r.truncated { "; stopped by the time bound" } else { "" }
+    );
+    let kinds = [
+        ("accepted", &r.samples.accepted),
+        ("merged", &r.samples.merged),
+        ("conflict", &r.samples.conflict),
+        ("rejected", &r.samples.rejected),
+    ];
+    for (kind, samples) in kinds {
+        for s in samples {
+            let why = s.reason.as_deref().map_or(String::new(), |r| format!(": {r}"));
+            let _ = writeln!(out, "{kind} {} (record {}, user {}){why}", s.conflict_id, s.record_id, s.user_id);
+            for f in &s.fields {
+                let result = f.result.as_ref().map_or(String::new(), |v| format!(" -> {v}"));
+                let _ = writeln!(out, "    {}: server {} / incoming {}{result}", f.field, f.server, f.incoming);
+            }
+        }
+    }
+    out
 }
 
 /// The fields where `server`, `incoming` and `result` (when there is one) do not all agree.

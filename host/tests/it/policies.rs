@@ -470,3 +470,70 @@ async fn merges_and_conflicts_name_the_policy_that_decided_them_across_a_swap() 
     let by: Vec<&Value> = list["conflicts"].as_array().unwrap().iter().map(|c| &c["decidedBy"]).collect();
     assert_eq!(by, [&decided(&field_merge), &decided(&cas)], "{list}");
 }
+
+#[tokio::test]
+async fn a_candidate_policy_is_replayed_on_recorded_conflicts_from_the_cli_and_over_http() {
+    let server = TestServer::start_with(|c| {
+        c.entities = BTreeMap::from([("notes".to_string(), entity("field-merge", json!({})))]);
+    })
+    .await;
+    let key = server.cli_key("alice", &[]);
+    let admin = server.cli_key("alice", &["admin"]);
+    push_one(&server, &key, "notes", rec("n", 1, 0, json!({"a": 1, "b": 1}))).await;
+    push_one(&server, &key, "notes", rec("n", 2, 1, json!({"a": 2, "b": 1}))).await;
+    // Two stale edits of `a`: conflicts under field-merge.
+    for (version, a) in [(5, 3), (2, 4)] {
+        let r = push_one(&server, &key, "notes", rec("n", version, 1, json!({"a": a, "b": 1}))).await;
+        assert_eq!(r["status"], "conflict", "{r}");
+    }
+    // version-wins would have taken the higher version and kept the server's record against the lower.
+    let wasm = std::fs::read(component("version-wins")).unwrap();
+    let r = server
+        .client
+        .post(server.url("/api/admin/policies/replay?entity=notes&since=1d"))
+        .bearer_auth(&admin)
+        .body(wasm.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let report: accord::http::schema::ReplayReport = serde_json::from_str(&text).unwrap();
+    assert_eq!((report.conflicts, report.skipped, report.truncated), (2, 0, false), "{text}");
+    assert_eq!(report.accepted, 1, "{text}");
+    assert_eq!(report.accepted + report.merged + report.conflict + report.rejected, 2, "{text}");
+    let taken = &report.samples.accepted[0];
+    assert_eq!(taken.record_id, "n");
+    let a: Vec<_> = taken.fields.iter().map(|f| (f.field.as_str(), &f.server, &f.incoming)).collect();
+    assert_eq!(a, [("a", &json!(2), &json!(3))], "{text}");
+    assert_eq!(taken.fields[0].result, Some(json!(3)));
+    // Nothing was written: the conflicts are still open, the record unchanged.
+    let list: Value = server.get("/api/sync/conflicts", &key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["conflicts"].as_array().unwrap().len(), 2);
+
+    // Refusals: not admin, a body that is not a component, bad query values.
+    let post = |url: &str, k: &str, body: Vec<u8>| {
+        server.client.post(server.url(url)).bearer_auth(k.to_string()).body(body).send()
+    };
+    expect_problem(post("/api/admin/policies/replay?entity=notes", &key, wasm.clone()).await.unwrap(), 403).await;
+    expect_problem(post("/api/admin/policies/replay?entity=notes", &admin, b"not wasm".to_vec()).await.unwrap(), 422)
+        .await;
+    expect_problem(post("/api/admin/policies/replay?entity=gadgets", &admin, wasm.clone()).await.unwrap(), 422).await;
+    for bad in ["?entity=notes&limit=0", "?entity=notes&since=soon", "?since=1d"] {
+        let url = format!("/api/admin/policies/replay{bad}");
+        expect_problem(post(&url, &admin, wasm.clone()).await.unwrap(), 400).await;
+    }
+
+    // The same report from the CLI, on the server's database.
+    let conf = tempfile::tempdir().unwrap();
+    let file = conf.path().join("config.toml");
+    let db = server.db_env().toml();
+    std::fs::write(&file, format!("[database]\n{db}\n[entities.notes]\npolicy = \"field-merge\"\n")).unwrap();
+    let path = component("version-wins");
+    let args = ["policy", "replay", path.to_str().unwrap(), "--entity", "notes", "--since", "7d"];
+    let out = cli(&[&args[..], &["--config", file.to_str().unwrap()]].concat(), &[], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("on 2 conflicts of `notes`") && stdout.contains("accepted 1,"), "{stdout}");
+    assert!(stdout.contains("a: server 2 / incoming 3 -> 3"), "{stdout}");
+}

@@ -69,6 +69,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 include-name = "POST /api/sync/push"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 
+# The body must be a policy component that loads (a schema says only "bytes").
+[[operations]]
+include-name = "POST /api/admin/policies/replay"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+
 # expiresAt must be in the future.
 [[operations]]
 include-name = "POST /api/api-keys"
@@ -83,6 +88,10 @@ parameters = {{ sha256 = "{hash}" }}
 [[operations]]
 include-name = "POST /api/sync/conflicts/{{id}}/resolve"
 parameters = {{ id = "{conflict}" }}
+
+[[operations]]
+include-name = "GET /api/sync/records/{{entity}}/{{id}}/history"
+parameters = {{ entity = "topics", id = "t1" }}
 
 # Revoking keys with a JWT (which holds keys:manage, not admin): it can revoke
 # the keys the run creates, but not the admin key the rest of the run uses.
