@@ -311,6 +311,9 @@ pub struct EntityConfig {
     pub policy: Option<String>,
     /// Settings handed to the policy as a JSON object.
     pub policy_settings: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A second policy (same settings) that decides beside the live one on
+    /// every call, only to count agreement (`GET /api/admin/policies`).
+    pub shadow_policy: Option<String>,
     /// Fields of `data` that hold a blob's SHA-256 (lowercase hex): a record
     /// may name only blobs its user has uploaded, and keeps them alive.
     pub blobs: Vec<String>,
@@ -335,6 +338,7 @@ pub fn default_entities() -> BTreeMap<String, EntityConfig> {
         history: None,
         policy: Some(policy.to_string()),
         policy_settings: None,
+        shadow_policy: None,
         blobs: Vec::new(),
     };
     let blobs = |fields: &[&str], entity: EntityConfig| EntityConfig {

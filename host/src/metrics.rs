@@ -17,6 +17,9 @@ pub struct PolicyCounts<'a> {
     pub policy: &'a str,
     pub calls: u64,
     pub failures: u64,
+    /// The shadow policy, if one runs: its name, and per kind of live decision
+    /// (accept, merged, conflict, reject) its agreements and disagreements.
+    pub shadow: Option<(&'a str, [u64; 4], [u64; 4])>,
 }
 
 /// Per-record push outcomes, in the order of [`Metrics::OUTCOMES`].
@@ -280,6 +283,24 @@ impl Metrics {
                 "accord_policy_failures_total{{entity=\"{}\",policy=\"{}\"}} {}",
                 p.entity, p.policy, p.failures
             );
+        }
+        family(
+            &mut out,
+            "accord_shadow_decisions_total",
+            "counter",
+            "Shadow-policy decisions by entity type, the live decision's kind, and whether the shadow agreed.",
+        );
+        for p in policies {
+            let Some((shadow, agree, disagree)) = p.shadow else { continue };
+            for (i, live) in ["accept", "merged", "conflict", "reject"].iter().enumerate() {
+                for (outcome, n) in [("agree", agree[i]), ("disagree", disagree[i])] {
+                    let _ = writeln!(
+                        out,
+                        "accord_shadow_decisions_total{{entity=\"{}\",shadow=\"{shadow}\",live=\"{live}\",outcome=\"{outcome}\"}} {n}",
+                        p.entity
+                    );
+                }
+            }
         }
         out
     }

@@ -14,6 +14,7 @@ use super::schema::{Problem, ReplayReport};
 use super::{ApiError, AppState};
 use crate::auth::{Principal, Scope};
 use crate::policy::reload;
+use crate::policy::shadow::Shadow;
 
 /// One entity type's merge policy.
 #[derive(Serialize, ToSchema)]
@@ -34,6 +35,47 @@ pub struct PolicyView {
     /// The entity type's `policy_settings`.
     #[schema(value_type = Object)]
     settings: Box<RawValue>,
+    /// The `shadow_policy` deciding beside it, with its agreement so far (since the set was loaded).
+    shadow: Option<ShadowView>,
+}
+
+/// A shadow policy and how often it agreed with the live one.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowView {
+    policy: String,
+    source: String,
+    sha256: String,
+    /// Per kind of live decision: calls where the shadow decided the same (merged: the same data).
+    agreements: KindCounts,
+    /// Per kind of live decision: calls where it did not (or failed).
+    disagreements: KindCounts,
+}
+
+/// Counts per kind of live decision.
+#[derive(Serialize, ToSchema)]
+pub struct KindCounts {
+    accept: u64,
+    merged: u64,
+    conflict: u64,
+    reject: u64,
+}
+
+impl From<[u64; 4]> for KindCounts {
+    fn from([accept, merged, conflict, reject]: [u64; 4]) -> Self {
+        KindCounts { accept, merged, conflict, reject }
+    }
+}
+
+fn shadow_view(shadow: &Shadow) -> ShadowView {
+    let (agree, disagree) = shadow.counts();
+    ShadowView {
+        policy: shadow.policy.name.clone(),
+        source: shadow.policy.source.clone(),
+        sha256: shadow.policy.sha256().to_string(),
+        agreements: agree.into(),
+        disagreements: disagree.into(),
+    }
 }
 
 /// The active policy set.
@@ -58,6 +100,7 @@ fn view(state: &AppState) -> PoliciesView {
             failures: b.policy.failures(),
             settings: RawValue::from_string(b.settings.clone())
                 .unwrap_or_else(|_| RawValue::from_string("{}".into()).unwrap_or_default()),
+            shadow: b.shadow.as_deref().map(shadow_view),
         })
         .collect();
     PoliciesView { policies }
@@ -206,4 +249,73 @@ pub async fn replay(
         .headers_mut()
         .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
     Ok(response)
+}
+
+/// `GET /api/admin/policies/{entity}/shadow` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowReport {
+    entity: String,
+    #[serde(flatten)]
+    shadow: ShadowView,
+    /// The latest disagreements (at most 50), oldest first.
+    sample: Vec<DisagreementView>,
+}
+
+/// One call where the shadow decided otherwise.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisagreementView {
+    /// Unix ms.
+    at: i64,
+    user_id: String,
+    record_id: String,
+    /// The live decision's kind: accept, merged, conflict or reject.
+    live: String,
+    /// The shadow's: the same kinds, or `failed`.
+    shadow: String,
+    /// The shadow's reason (conflict, reject, failure).
+    reason: Option<String>,
+}
+
+/// `GET /api/admin/policies/{entity}/shadow`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/policies/{entity}/shadow",
+    operation_id = "shadowReport",
+    tag = "admin",
+    summary = "How an entity type's shadow policy compares with the live one, with recent disagreements",
+    description = "Scope admin. 404 when the entity type has no shadow_policy. Counts start when the policy set is loaded (startup or reload).",
+    params(("entity" = String, Path, description = "The entity type")),
+    responses(
+        (status = 200, description = "Agreement counts and the latest disagreements", body = ShadowReport),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+        (status = 404, response = Problem),
+        (status = 429, response = Problem)
+    )
+)]
+pub async fn shadow(
+    State(state): State<AppState>,
+    caller: Principal,
+    axum::extract::Path(entity): axum::extract::Path<String>,
+) -> Result<Json<ShadowReport>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let set = state.policies.current();
+    let Some(shadow) = set.bindings.iter().find(|(e, _)| *e == entity).and_then(|(_, b)| b.shadow.clone()) else {
+        return Err(ApiError::NotFound(format!("entity type `{entity}` has no shadow_policy")));
+    };
+    let sample = shadow
+        .disagreements()
+        .into_iter()
+        .map(|d| DisagreementView {
+            at: d.at,
+            user_id: d.user,
+            record_id: d.record_id,
+            live: d.live.to_string(),
+            shadow: d.shadow.to_string(),
+            reason: d.reason,
+        })
+        .collect();
+    Ok(Json(ShadowReport { entity, shadow: shadow_view(&shadow), sample }))
 }

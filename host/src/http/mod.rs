@@ -79,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .routes(routes!(admin::policies))
         .routes(routes!(admin::reload))
         .routes(routes!(admin::replay))
+        .routes(routes!(admin::shadow))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
         .routes(routes!(ops::healthz))

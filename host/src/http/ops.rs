@@ -29,6 +29,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
             policy: &b.policy.name,
             calls: b.policy.calls(),
             failures: b.policy.failures(),
+            shadow: b.shadow.as_ref().map(|s| {
+                let (agree, disagree) = s.counts();
+                (s.policy.name.as_str(), agree, disagree)
+            }),
         })
         .collect();
     let (database_bytes, wal_bytes) = state.store.size().await;

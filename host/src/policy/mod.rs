@@ -15,6 +15,7 @@ pub mod cases;
 pub mod reload;
 mod sandbox;
 mod set;
+pub mod shadow;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

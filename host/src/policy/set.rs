@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use super::shadow::Shadow;
 use super::{Policy, PolicyError, Runtime, builtin};
 use crate::config::Config;
 use crate::model::{Decision, MergeInput};
@@ -15,6 +16,8 @@ pub struct Binding {
     pub policy: Arc<Policy>,
     /// `policy_settings` as JSON object text.
     pub settings: String,
+    /// `shadow_policy`, run beside `policy` and only counted.
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 /// Policies for every entity type (by the type's index in `sync::Entities`).
@@ -28,10 +31,14 @@ impl PolicySet {
         let Some((_, binding)) = self.bindings.get(type_index) else {
             return Decision::Conflict("policy failed: no policy is bound to this entity type".into());
         };
-        binding
+        let decision = binding
             .policy
             .decide(input, &binding.settings)
-            .unwrap_or_else(|failure| Decision::Conflict(format!("policy failed: {failure}")))
+            .unwrap_or_else(|failure| Decision::Conflict(format!("policy failed: {failure}")));
+        if let Some(shadow) = &binding.shadow {
+            shadow.observe(input, &binding.settings, &decision);
+        }
+        decision
     }
 
     /// Loads the policy of each entity type in `order` as `config` names it.
@@ -44,16 +51,21 @@ impl PolicySet {
             let name = e.and_then(|e| e.policy.clone()).unwrap_or_else(|| crate::config::DEFAULT_POLICY.into());
             let settings = e.map_or_else(|| "{}".to_string(), |e| e.settings_json());
             let what = format!("entities.{entity}.policy");
-            let policy = match loaded.get(&name) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = load_named(runtime, &config.policies.dir, &name, &what)?;
-                    loaded.insert(name.clone(), p.clone());
-                    p
+            let mut load = |name: &str, what: &str| -> Result<Arc<Policy>, PolicyError> {
+                if let Some(p) = loaded.get(name) {
+                    return Ok(p.clone());
                 }
+                let p = load_named(runtime, &config.policies.dir, name, what)?;
+                loaded.insert(name.to_string(), p.clone());
+                Ok(p)
+            };
+            let policy = load(&name, &what)?;
+            let shadow = match e.and_then(|e| e.shadow_policy.as_deref()) {
+                Some(shadow) => Some(Arc::new(Shadow::new(load(shadow, &format!("entities.{entity}.shadow_policy"))?))),
+                None => None,
             };
             tracing::debug!(entity = %entity, policy = %name, source = %policy.source, "policy bound");
-            bindings.push((entity.clone(), Binding { policy, settings }));
+            bindings.push((entity.clone(), Binding { policy, settings, shadow }));
         }
         Ok(PolicySet { bindings })
     }

@@ -537,3 +537,57 @@ async fn a_candidate_policy_is_replayed_on_recorded_conflicts_from_the_cli_and_o
     assert!(stdout.contains("on 2 conflicts of `notes`") && stdout.contains("accepted 1,"), "{stdout}");
     assert!(stdout.contains("a: server 2 / incoming 3 -> 3"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_shadow_policy_is_counted_beside_the_live_one_and_never_changes_the_answer() {
+    let server = TestServer::start_with(|c| {
+        let dir = c.database.path.parent().unwrap().join("policies");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(component("fixture-hostile"), dir.join("hostile.wasm")).unwrap();
+        c.policies.dir = dir;
+        let mut notes = entity("field-merge", json!({}));
+        notes.shadow_policy = Some("compare-and-set".into());
+        // The hostile fixture loops on records carrying `"hostile": true` (field-merge ignores `mode`).
+        let mut logs = entity("field-merge", json!({"mode": "loop"}));
+        logs.shadow_policy = Some("hostile".into());
+        c.entities = BTreeMap::from([("notes".to_string(), notes), ("logs".to_string(), logs)]);
+    })
+    .await;
+    let key = server.cli_key("alice", &[]);
+    let admin = server.cli_key("alice", &["admin"]);
+
+    // New record: both accept. Disjoint stale edit: field-merge merges, compare-and-set would conflict.
+    push_one(&server, &key, "notes", rec("n", 1, 0, json!({"a": 1, "b": 1}))).await;
+    push_one(&server, &key, "notes", rec("n", 2, 1, json!({"a": 2, "b": 1}))).await;
+    let r = push_one(&server, &key, "notes", rec("n", 2, 1, json!({"a": 1, "b": 2}))).await;
+    assert_eq!(r["status"], "merged", "the live decision is the answer: {r}");
+
+    let view: Value = server.get("/api/admin/policies", &admin).send().await.unwrap().json().await.unwrap();
+    let notes = view["policies"].as_array().unwrap().iter().find(|p| p["entity"] == "notes").unwrap().clone();
+    assert_eq!(notes["shadow"]["policy"], "compare-and-set", "{notes}");
+    assert_eq!(notes["shadow"]["agreements"], json!({"accept": 2, "merged": 0, "conflict": 0, "reject": 0}));
+    assert_eq!(notes["shadow"]["disagreements"], json!({"accept": 0, "merged": 1, "conflict": 0, "reject": 0}));
+    let report: Value =
+        server.get("/api/admin/policies/notes/shadow", &admin).send().await.unwrap().json().await.unwrap();
+    let sample = report["sample"].as_array().unwrap();
+    assert_eq!(sample.len(), 1, "{report}");
+    assert_eq!((sample[0]["live"].as_str(), sample[0]["shadow"].as_str()), (Some("merged"), Some("conflict")));
+    assert_eq!((sample[0]["recordId"].as_str(), sample[0]["userId"].as_str()), (Some("n"), Some("alice")));
+    assert!(sample[0]["reason"].is_string(), "{report}");
+
+    // A shadow that runs away is stopped at its CPU bound and counted; the push is the live decision.
+    let r = push_one(&server, &key, "logs", rec("l", 1, 0, json!({"hostile": true}))).await;
+    assert_eq!(r["status"], "applied", "{r}");
+    let report: Value =
+        server.get("/api/admin/policies/logs/shadow", &admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(report["disagreements"]["accept"], 1, "{report}");
+    assert_eq!(report["sample"][0]["shadow"], "failed", "{report}");
+    assert!(report["sample"][0]["reason"].as_str().unwrap().contains("CPU"), "{report}");
+    // The shadow's metric, and no report for a type without a shadow.
+    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line =
+        r#"accord_shadow_decisions_total{entity="notes",shadow="compare-and-set",live="merged",outcome="disagree"} 1"#;
+    assert!(metrics.contains(line), "{metrics}");
+    expect_problem(server.get("/api/admin/policies/nothing/shadow", &admin).send().await.unwrap(), 404).await;
+    expect_problem(server.get("/api/admin/policies/notes/shadow", &key).send().await.unwrap(), 403).await;
+}
