@@ -20,6 +20,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("accord-policy-text-merge", "text-merge"),
     ("accord-fixture-hostile", "fixture-hostile"),
     ("accord-fixture-wrong-world", "fixture-wrong-world"),
+    ("accord-fixture-v01", "fixture-v01"),
     ("custom-policy", "custom-policy"),
 ];
 

@@ -93,28 +93,29 @@ pub fn per_call(calls: usize) {
         base: Some(sdk_row(&base)),
         incoming: sdk_incoming.clone(),
         settings: "{}".into(),
+        mode: sdk::Mode::Live,
     };
     let sdk_new = sdk::MergeInput { server: None, base: None, ..sdk_merge.clone() };
 
     // Sanity: both sides decide the same.
-    let wasm = field_merge.decide(&merge_input, "{}").unwrap();
+    let wasm = field_merge.decide(&merge_input, "{}", accord::policy::Mode::Live).unwrap();
     assert!(matches!(wasm, Decision::Merged { .. }), "{wasm:?}");
     assert!(matches!(accord_policy_field_merge::decide(&sdk_merge), sdk::Decision::Merged { .. }));
 
     let wasm_merge = median_ns(calls, || {
-        std::hint::black_box(field_merge.decide(&merge_input, "{}").ok());
+        std::hint::black_box(field_merge.decide(&merge_input, "{}", accord::policy::Mode::Live).ok());
     });
     let native_merge = median_ns(calls, || {
         std::hint::black_box(accord_policy_field_merge::decide(std::hint::black_box(&sdk_merge)));
     });
     let wasm_new = median_ns(calls, || {
-        std::hint::black_box(field_merge.decide(&new_input, "{}").ok());
+        std::hint::black_box(field_merge.decide(&new_input, "{}", accord::policy::Mode::Live).ok());
     });
     let native_new = median_ns(calls, || {
         std::hint::black_box(accord_policy_field_merge::decide(std::hint::black_box(&sdk_new)));
     });
     let wasm_empty = median_ns(calls, || {
-        std::hint::black_box(version_wins.decide(&new_input, "{}").ok());
+        std::hint::black_box(version_wins.decide(&new_input, "{}", accord::policy::Mode::Live).ok());
     });
     let native_empty = median_ns(calls, || {
         std::hint::black_box(accord_policy_version_wins::decide(std::hint::black_box(&sdk_new)));

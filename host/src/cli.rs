@@ -407,7 +407,7 @@ fn policy_command(cmd: PolicyCommand, config: &Config) -> Result<(), Failure> {
         .map_err(|e| Failure::Config(e.to_string()))?;
     match cases {
         None => {
-            println!("{}: OK, implements {} (sha256 {})", file.display(), policy::WORLD, loaded.sha256());
+            println!("{}: OK, implements {} (sha256 {})", file.display(), loaded.world(), loaded.sha256());
             Ok(())
         }
         Some(cases) => {
@@ -465,7 +465,7 @@ async fn replay(
     };
     let decide = move |input: &crate::model::MergeInput<'_>| {
         candidate
-            .decide(input, &settings)
+            .decide(input, &settings, crate::policy::Mode::Replay)
             .unwrap_or_else(|f| crate::model::Decision::Conflict(format!("policy failed: {f}")))
     };
     let report =

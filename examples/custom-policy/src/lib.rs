@@ -26,7 +26,7 @@ pub fn decide(input: &MergeInput) -> Decision {
     let field = match settings::<Settings>(input) {
         Ok(s) => s.field,
         // A configuration mistake is the server's, not the client's: keep the record as a conflict.
-        Err(e) => return Decision::Conflict(format!("policy failed: {e}")),
+        Err(e) => return Decision::Fail(e),
     };
     let stamp = |data: &str| object(data).ok().and_then(|m| m.get(&field).and_then(serde_json::Value::as_i64));
     let Some(mine) = stamp(&input.incoming.data) else {

@@ -238,7 +238,7 @@ pub async fn replay(
             .map_err(|e| ApiError::Unprocessable(format!("the candidate does not load: {e}")))?;
     let decide = move |input: &crate::model::MergeInput<'_>| {
         candidate
-            .decide(input, &settings)
+            .decide(input, &settings, crate::policy::Mode::Replay)
             .unwrap_or_else(|f| crate::model::Decision::Conflict(format!("policy failed: {f}")))
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

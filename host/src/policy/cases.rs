@@ -144,7 +144,7 @@ pub fn run(policy: &Policy, cases: &[Case]) -> Vec<Outcome> {
                 incoming: &incoming,
             };
             let settings = case.settings.as_ref().map_or_else(|| "{}".to_string(), Value::to_string);
-            let decision = policy.decide(&input, &settings);
+            let decision = policy.decide(&input, &settings, super::Mode::Live);
             let (passed, why) = match &case.expect {
                 None => (None, String::new()),
                 Some(expect) => match check(expect, &decision) {

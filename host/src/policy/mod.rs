@@ -30,7 +30,7 @@ use crate::config::PoliciesConfig;
 use crate::model::{Decision, MergeInput, hex, now_ms};
 use sandbox::Sandbox;
 
-pub use bindings::WORLD;
+pub use bindings::{Mode, WORLD};
 pub use set::{Binding, Policies, PolicySet, cache_dir, load_all, load_named};
 
 /// The epoch ticks once a millisecond while a call is in flight (and not at
@@ -50,7 +50,7 @@ pub enum PolicyError {
     Read { what: String, path: PathBuf, source: std::io::Error },
     #[error("{what}: {origin} is not a valid WebAssembly component: {reason}")]
     Invalid { what: String, origin: String, reason: String },
-    #[error("{what}: {origin} does not implement {WORLD}: {reason}")]
+    #[error("{what}: {origin} is not an Accord merge policy: {reason}")]
     WrongWorld { what: String, origin: String, reason: String },
     #[error("{what}: no policy named `{name}` (looked for {path}; built-ins are {builtins})")]
     Unknown { what: String, name: String, path: PathBuf, builtins: String },
@@ -67,6 +67,9 @@ pub enum PolicyFailure {
     InvalidOutput(String),
     #[error("could not be instantiated: {0}")]
     Instantiate(String),
+    /// The policy's own `fail(reason)` (WIT 0.2): its settings or data are not what it needs.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Limits applied to every policy call, from `[policies]`.
@@ -256,7 +259,7 @@ impl Runtime {
 /// A live instance and how many calls it has served.
 struct Live {
     store: Store<Sandbox>,
-    instance: bindings::Policy,
+    instance: bindings::Instance,
     calls: u64,
 }
 
@@ -301,9 +304,9 @@ impl Policy {
     }
 
     /// Runs the policy on one record. Blocking; call it off the async runtime.
-    pub fn decide(&self, input: &MergeInput<'_>, settings: &str) -> Result<Decision, PolicyFailure> {
+    pub fn decide(&self, input: &MergeInput<'_>, settings: &str, mode: Mode) -> Result<Decision, PolicyFailure> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let result = self.call(input, settings);
+        let result = self.call(input, settings, mode);
         if let Err(failure) = &result {
             self.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(policy = %self.name, source = %self.source, entity = input.entity, record = %input.incoming.id,
@@ -312,7 +315,12 @@ impl Policy {
         result
     }
 
-    fn call(&self, input: &MergeInput<'_>, settings: &str) -> Result<Decision, PolicyFailure> {
+    /// The world the component implements.
+    pub fn world(&self) -> &'static str {
+        self.pre.world()
+    }
+
+    fn call(&self, input: &MergeInput<'_>, settings: &str, mode: Mode) -> Result<Decision, PolicyFailure> {
         // A poisoned lock only means an earlier call panicked in the host; the slot is still usable.
         let mut slot = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let mut live = match slot.take() {
@@ -322,13 +330,15 @@ impl Policy {
         let limits = &self.runtime.limits;
         // The deadline is set right before each call, never once per instance.
         live.store.set_epoch_deadline(limits.cpu_ms.max(1));
-        let wit_input = bindings::to_wit(input, settings);
         let _ticking = self.runtime.ticker.enter();
-        match live.instance.call_decide(&mut live.store, wit_input) {
-            Ok(decision) => {
+        match live.instance.call_decide(&mut live.store, input, settings, mode) {
+            Ok(answer) => {
                 live.calls += 1;
                 *slot = Some(live);
-                validate(bindings::from_wit(decision), limits)
+                match answer {
+                    bindings::Answer::Decision(decision) => validate(decision, limits),
+                    bindings::Answer::Fail(reason) => Err(PolicyFailure::Failed(clip(reason))),
+                }
             }
             // The instance is dropped here: a trapped instance is never re-entered.
             Err(e) => {
@@ -343,19 +353,21 @@ impl Policy {
     }
 }
 
+/// A reason cut to `MAX_REASON` bytes (on a character boundary).
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// Checks what a policy returned before the host trusts it (also the
 /// `policy_output` fuzz target's subject).
 pub fn validate(decision: Decision, limits: &Limits) -> Result<Decision, PolicyFailure> {
-    let clip = |mut s: String| {
-        if s.len() > MAX_REASON {
-            let mut end = MAX_REASON;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.truncate(end);
-        }
-        s
-    };
     match decision {
         Decision::Merged { data, deleted } => {
             if data.len() > limits.max_output_bytes {

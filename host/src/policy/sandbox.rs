@@ -8,14 +8,63 @@
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Per-instance host state.
 pub struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: Limits,
+}
+
+/// What one instance may hold. `memory_bytes` bounds all its linear memories
+/// together (a TypeScript or Python component brings several: its engine's,
+/// its libraries', its stubs'), and the counts are generous enough for such
+/// components while still bounded. Growth past the bound traps the call.
+pub struct Limits {
+    memory_bytes: usize,
+    memory_used: usize,
+}
+
+/// Core instances, memories and tables per store: a componentize-py policy
+/// needs 38 instances, a componentize-qjs one 3 memories.
+const MAX_INSTANCES: usize = 64;
+const MAX_MEMORIES: usize = 8;
+const MAX_TABLES: usize = 64;
+/// Elements per table (function references).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let grow = desired.saturating_sub(current);
+        if self.memory_used.saturating_add(grow) > self.memory_bytes {
+            wasmtime::bail!(
+                "memory limit exceeded: {} bytes across its memories (policies.memory_mib)",
+                self.memory_bytes
+            );
+        }
+        self.memory_used += grow;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            wasmtime::bail!("table limit exceeded: {desired} elements");
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
 }
 
 impl WasiView for Sandbox {
@@ -36,14 +85,7 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory_bytes)
-            .instances(16)
-            .memories(1)
-            .tables(16)
-            .trap_on_grow_failure(true)
-            .build();
-        Sandbox { wasi, table: ResourceTable::new(), limits }
+        Sandbox { wasi, table: ResourceTable::new(), limits: Limits { memory_bytes, memory_used: 0 } }
     }
 }
 

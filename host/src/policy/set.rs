@@ -33,7 +33,7 @@ impl PolicySet {
         };
         let decision = binding
             .policy
-            .decide(input, &binding.settings)
+            .decide(input, &binding.settings, super::Mode::Live)
             .unwrap_or_else(|failure| Decision::Conflict(format!("policy failed: {failure}")));
         if let Some(shadow) = &binding.shadow {
             shadow.observe(input, &binding.settings, &decision);

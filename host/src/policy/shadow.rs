@@ -70,7 +70,7 @@ impl Shadow {
     /// Runs the shadow on `input` and compares it with the live `decision`.
     pub fn observe(&self, input: &MergeInput<'_>, settings: &str, live: &Decision) {
         let k = kind(live);
-        let (agrees, shadow, reason) = match self.policy.decide(input, settings) {
+        let (agrees, shadow, reason) = match self.policy.decide(input, settings, super::Mode::Shadow) {
             Ok(d) => {
                 let reason = match &d {
                     Decision::Conflict(r) | Decision::Reject(r) => Some(r.clone()),

@@ -195,7 +195,7 @@ async fn broken_components_stop_startup_naming_the_entity_and_file() {
     std::fs::copy(component("fixture-wrong-world"), policies.join("other.wasm")).unwrap();
     std::fs::write(policies.join("garbage.wasm"), b"\0asm not really").unwrap();
     for (name, needle) in [
-        ("other", "does not implement accord:merge/policy@0.1.0"),
+        ("other", "implements neither accord:merge/policy@0.2.0"),
         ("garbage", "not a valid"),
         ("absent", "no policy named"),
     ] {
@@ -590,4 +590,66 @@ async fn a_shadow_policy_is_counted_beside_the_live_one_and_never_changes_the_an
     assert!(metrics.contains(line), "{metrics}");
     expect_problem(server.get("/api/admin/policies/nothing/shadow", &admin).send().await.unwrap(), 404).await;
     expect_problem(server.get("/api/admin/policies/notes/shadow", &key).send().await.unwrap(), 403).await;
+}
+
+#[tokio::test]
+async fn components_of_the_frozen_0_1_contract_keep_loading_and_0_2_adds_mode_and_fail() {
+    let server = TestServer::start_with(|c| {
+        let dir = c.database.path.parent().unwrap().join("policies");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(component("fixture-v01"), dir.join("old.wasm")).unwrap();
+        std::fs::copy(component("fixture-hostile"), dir.join("hostile.wasm")).unwrap();
+        c.policies.dir = dir;
+        // field-merge ignores `mode`; its shadow, the fixture, answers with the mode it was called in.
+        let mut watched = entity("field-merge", json!({"mode": "echo-mode"}));
+        watched.shadow_policy = Some("hostile".into());
+        c.entities = BTreeMap::from([
+            ("olds".to_string(), entity("old", json!({}))),
+            ("echoes".to_string(), entity("hostile", json!({"mode": "echo-mode"}))),
+            ("watched".to_string(), watched),
+            ("fails".to_string(), entity("hostile", json!({"mode": "fail"}))),
+        ]);
+    })
+    .await;
+    let key = server.cli_key("alice", &[]);
+    let admin = server.cli_key("alice", &["admin"]);
+
+    // A 0.1 component (built against wit/v0.1) decides as it always did.
+    assert_eq!(push_one(&server, &key, "olds", rec("o", 1, 0, json!({"t": 1}))).await["status"], "applied");
+    let r = push_one(&server, &key, "olds", rec("o", 2, 1, json!({"t": 2}))).await;
+    assert_eq!((r["status"].as_str(), &r["record"]["data"]), (Some("merged"), &json!({"t": 2, "via": "0.1"})), "{r}");
+    let r = push_one(&server, &key, "olds", rec("o2", 1, 0, json!({"reject": true}))).await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    let out = cli(&["policy", "check", component("fixture-v01").to_str().unwrap()], &[], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("implements accord:merge/policy@0.1.0"), "{out:?}");
+    let out = cli(&["policy", "check", component("field-merge").to_str().unwrap()], &[], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("implements accord:merge/policy@0.2.0"), "{out:?}");
+
+    // 0.2: the policy knows why it is called — live, as a shadow, in a replay.
+    let r = push_one(&server, &key, "echoes", rec("e", 1, 0, json!({"hostile": true}))).await;
+    assert_eq!((r["status"].as_str(), r["reason"].as_str()), (Some("conflict"), Some("called Live")), "{r}");
+    push_one(&server, &key, "watched", rec("w", 1, 0, json!({"hostile": true}))).await;
+    let shadow: Value =
+        server.get("/api/admin/policies/watched/shadow", &admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shadow["sample"][0]["reason"], "called Shadow", "{shadow}");
+    let wasm = std::fs::read(component("fixture-hostile")).unwrap();
+    let r = server
+        .client
+        .post(server.url("/api/admin/policies/replay?entity=echoes"))
+        .bearer_auth(&admin)
+        .body(wasm)
+        .send()
+        .await
+        .unwrap();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["samples"]["conflict"][0]["reason"], "called Replay", "{report}");
+
+    // 0.2 `fail`: the host keeps the record as a conflict and counts a policy failure.
+    push_one(&server, &key, "fails", rec("f", 1, 0, json!({"hostile": true}))).await;
+    let r = push_one(&server, &key, "fails", rec("f2", 1, 0, json!({"hostile": true}))).await;
+    assert_eq!(r["status"], "conflict", "{r}");
+    assert_eq!(r["reason"], "policy failed: the fixture was told to fail", "{r}");
+    let view: Value = server.get("/api/admin/policies", &admin).send().await.unwrap().json().await.unwrap();
+    let fails = view["policies"].as_array().unwrap().iter().find(|p| p["entity"] == "fails").unwrap().clone();
+    assert_eq!(fails["failures"], 2, "{fails}");
 }

@@ -20,7 +20,7 @@ pub fn decide(input: &MergeInput) -> Decision {
     let rules: FieldMergeSettings = match settings(input) {
         Ok(s) => s,
         // A configuration mistake must not make the client drop its record: keep it as a conflict.
-        Err(e) => return Decision::Conflict(format!("policy failed: {e}")),
+        Err(e) => return Decision::Fail(e),
     };
     merge_data("field-merge", base, server, &input.incoming, &rules.rules())
 }
@@ -82,9 +82,7 @@ mod tests {
         // Settings that do not parse keep the record as a conflict; data that is no object is rejected.
         let mut bad = input(server.clone(), base.clone(), incoming(2, 1, r#"{"a":3}"#));
         bad.settings = r#"{"ignore":"a"}"#.into();
-        assert!(
-            matches!(decide(&bad), Decision::Conflict(r) if r.starts_with("policy failed: invalid policy_settings"))
-        );
+        assert!(matches!(decide(&bad), Decision::Fail(r) if r.starts_with("invalid policy_settings")));
         assert_eq!(
             decide(&input(server, base, incoming(2, 1, "[1]"))),
             Decision::Reject("field-merge: a record's data is not a JSON object".into())

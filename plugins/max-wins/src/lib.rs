@@ -18,7 +18,7 @@ pub fn decide(input: &MergeInput) -> Decision {
     let field = match settings::<Settings>(input) {
         Ok(s) => s.field,
         // A configuration mistake must not make the client drop its record: keep it as a conflict.
-        Err(e) => return Decision::Conflict(format!("policy failed: max-wins needs policy_settings.field: {e}")),
+        Err(e) => return Decision::Fail(format!("max-wins needs policy_settings.field: {e}")),
     };
     let number = |data: &str| object(data).ok().and_then(|m| m.get(&field).and_then(serde_json::Value::as_f64));
     let Some(mine) = number(&input.incoming.data) else {
@@ -58,6 +58,6 @@ mod tests {
         let mut delete = incoming(2, 1, "{}");
         delete.deleted = true;
         assert_eq!(decide(&with(input(server.clone(), None, delete))), Decision::Accept);
-        assert!(matches!(decide(&input(server, None, incoming(2, 0, r#"{"score":1}"#))), Decision::Conflict(_)));
+        assert!(matches!(decide(&input(server, None, incoming(2, 0, r#"{"score":1}"#))), Decision::Fail(_)));
     }
 }

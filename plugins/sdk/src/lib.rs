@@ -55,15 +55,37 @@ pub struct MergeInput {
     pub incoming: IncomingRecord,
     /// This entity type's `policy_settings`, as JSON object text (`{}` if none).
     pub settings: String,
+    /// Why the host calls: only a `Live` decision is written and answered.
+    pub mode: Mode,
+}
+
+/// Why the host calls a policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// A push: the decision is written and answered.
+    #[default]
+    Live,
+    /// A candidate tried on recorded conflicts (`accord policy replay`): only counted.
+    Replay,
+    /// Beside the live policy (`shadow_policy`): only compared.
+    Shadow,
 }
 
 /// A policy's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
+    /// Store the incoming record as sent.
     Accept,
+    /// Store this record instead; the host picks the version.
     Merged { deleted: bool, data: String },
+    /// Keep the server's record; the incoming one goes to the conflicts table.
     Conflict(String),
+    /// The incoming record is invalid in itself; store nothing.
     Reject(String),
+    /// The policy cannot decide (bad settings, stored data it cannot read):
+    /// the host keeps the record as a conflict, reason `policy failed: <text>`,
+    /// and counts a policy failure.
+    Fail(String),
 }
 
 /// Parses a record's `data` into a JSON object.
@@ -122,6 +144,7 @@ macro_rules! policy {
 pub mod wasm {
     use super::bindings::accord::merge::types as wit;
     use super::{Decision, IncomingRecord, MergeInput, StoredRecord};
+    // (`super::Mode` is named in full below.)
 
     fn stored(r: wit::StoredRecord) -> StoredRecord {
         StoredRecord { id: r.id, version: r.version, deleted: r.deleted, data: r.data }
@@ -142,6 +165,11 @@ pub mod wasm {
                 data: i.data,
             },
             settings: input.settings,
+            mode: match input.mode {
+                wit::Mode::Live => super::Mode::Live,
+                wit::Mode::Replay => super::Mode::Replay,
+                wit::Mode::Shadow => super::Mode::Shadow,
+            },
         }
     }
 
@@ -151,6 +179,7 @@ pub mod wasm {
             Decision::Merged { deleted, data } => wit::Decision::Merged(wit::MergedRecord { deleted, data }),
             Decision::Conflict(reason) => wit::Decision::Conflict(reason),
             Decision::Reject(reason) => wit::Decision::Reject(reason),
+            Decision::Fail(reason) => wit::Decision::Fail(reason),
         }
     }
 }
@@ -172,6 +201,14 @@ pub mod testing {
     }
 
     pub fn input(server: Option<StoredRecord>, base: Option<StoredRecord>, incoming: IncomingRecord) -> MergeInput {
-        MergeInput { entity_type: "things".into(), user_id: "u1".into(), server, base, incoming, settings: "{}".into() }
+        MergeInput {
+            entity_type: "things".into(),
+            user_id: "u1".into(),
+            server,
+            base,
+            incoming,
+            settings: "{}".into(),
+            mode: super::Mode::Live,
+        }
     }
 }

@@ -33,11 +33,9 @@ pub fn decide(input: &MergeInput) -> Decision {
     };
     let config: Settings = match settings(input) {
         Ok(s) => s,
-        // A configuration mistake must not make the client drop its record: keep it as a conflict.
+        // A configuration mistake must not make the client drop its record: the host keeps it as a conflict.
         Err(e) => {
-            return Decision::Conflict(format!(
-                "policy failed: text-merge needs policy_settings.fields, a list of text fields: {e}"
-            ));
+            return Decision::Fail(format!("text-merge needs policy_settings.fields, a list of text fields: {e}"));
         }
     };
     // Called only for a field both sides changed to different values.

@@ -294,10 +294,7 @@ fn settings_name_the_text_fields_and_settle_overlaps_as_field_merge_would() {
     // Without `fields` (or with a wrong type) the record is kept as a conflict naming the mistake.
     for bad in ["{}", r#"{"fields":"body"}"#, r#"{"fields":["body"],"ignore":"x"}"#] {
         let d = with(bad);
-        assert!(
-            matches!(&d, Decision::Conflict(r) if r.starts_with("policy failed: text-merge needs")),
-            "{bad}: {d:?}"
-        );
+        assert!(matches!(&d, Decision::Fail(r) if r.starts_with("text-merge needs")), "{bad}: {d:?}");
     }
     // A body that is not listed is an ordinary field: both changed it, conflict.
     assert!(is_conflict(&with(r#"{"fields":["text"]}"#)));
