@@ -80,6 +80,22 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         calls: usize,
     },
+    /// Per-call cost of one rule (the Rust template's last-writer-wins) in Rust, TypeScript and
+    /// Python components, next to the same rule natively. Build the components first
+    /// (docs/writing-a-policy.md); the memory limit is raised to `--memory-mib` for the interpreters.
+    PolicyLanguages {
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 64)]
+        memory_mib: usize,
+        /// The Rust template's component (`cargo build -p custom-policy --release --target wasm32-wasip2`).
+        #[arg(long, default_value = "target/wasm32-wasip2/release/custom_policy.wasm")]
+        rust: std::path::PathBuf,
+        #[arg(long, default_value = "examples/policy-ts/dist/policy.wasm")]
+        ts: std::path::PathBuf,
+        #[arg(long, default_value = "examples/policy-py/dist/policy.wasm")]
+        py: std::path::PathBuf,
+    },
     /// Update-heavy pushes: N records, then two rounds of concurrent edits that field-merge must merge.
     Updates {
         #[arg(long, default_value_t = 20_000)]
@@ -136,6 +152,9 @@ fn main() {
                 raw_sqlite(records, batch);
             }
             Command::Policy { calls } => policy::per_call(calls),
+            Command::PolicyLanguages { calls, memory_mib, rust, ts, py } => {
+                policy::languages(calls, memory_mib, &[("Rust", rust), ("TypeScript", ts), ("Python", py)]);
+            }
             Command::Metrics { observations } => metrics_cost::compare(observations),
             Command::Streams { streams, users, pushes } => streams::idle_streams(streams, users, pushes).await,
             Command::Updates { records, batch } => updates(records, batch).await,

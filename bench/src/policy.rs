@@ -1,5 +1,6 @@
 //! Per-call cost of a policy: the same rule as a WebAssembly component
-//! (through the host's runtime, CPU bound on) and as native Rust.
+//! (through the host's runtime, CPU bound on) and as native Rust; and one rule
+//! written in Rust, TypeScript and Python.
 
 use std::time::Instant;
 
@@ -130,4 +131,111 @@ pub fn per_call(calls: usize) {
         first_load.as_secs_f64() * 1000.0,
         cached_load.as_secs_f64() * 1000.0,
     );
+}
+
+/// The Rust template's rule (last writer wins by `data.editedAt`) as components
+/// written in several languages, and natively: per-call cost on ~1 KB records.
+pub fn languages(calls: usize, memory_mib: usize, components: &[(&str, std::path::PathBuf)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.database.path = dir.path().join("bench.db");
+    config.policies.memory_mib = memory_mib;
+    let runtime = Runtime::new(&config.policies, &cache_dir(&config), config.sync.max_record_bytes).unwrap();
+    let stamped = |stamp: i64, who: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(&data(who, who)).unwrap();
+        v["editedAt"] = stamp.into();
+        v.to_string()
+    };
+    let server = RecordRow {
+        entity: "notes".into(),
+        id: "r1".into(),
+        version: 3,
+        deleted: false,
+        data: stamped(200, "server"),
+        updated_at: 0,
+        seq: 0,
+        decided_by: None,
+    };
+    let incoming = |stamp: i64| Incoming {
+        id: "r1".into(),
+        version: 2,
+        base_version: 1,
+        deleted: false,
+        data: stamped(stamp, "client"),
+        refs: vec![],
+        blobs: vec![],
+    };
+    // An older edit gets the server's copy back (both records parsed, one returned);
+    // a later one is accepted.
+    let (older, newer) = (incoming(100), incoming(300));
+    let input = |incoming| MergeInput { entity: "notes", user: "u", server: Some(&server), base: None, incoming };
+    let sdk_input = |incoming: &Incoming| sdk::MergeInput {
+        entity_type: "notes".into(),
+        user_id: "u".into(),
+        server: Some(sdk::StoredRecord {
+            id: server.id.clone(),
+            version: server.version,
+            deleted: false,
+            data: server.data.clone(),
+        }),
+        base: None,
+        incoming: sdk::IncomingRecord {
+            id: incoming.id.clone(),
+            version: incoming.version,
+            base_version: incoming.base_version,
+            deleted: false,
+            data: incoming.data.clone(),
+        },
+        settings: "{}".into(),
+    };
+    let (sdk_older, sdk_newer) = (sdk_input(&older), sdk_input(&newer));
+    assert!(matches!(custom_policy::decide(&sdk_older), sdk::Decision::Merged { .. }));
+    let native_older = median_ns(calls, || {
+        std::hint::black_box(custom_policy::decide(std::hint::black_box(&sdk_older)));
+    });
+    let native_newer = median_ns(calls, || {
+        std::hint::black_box(custom_policy::decide(std::hint::black_box(&sdk_newer)));
+    });
+    println!(
+        "policy-languages calls={calls} (last writer wins by editedAt, ~1 KB records, epoch CPU bound on, \
+         reused instance, policies.memory_mib={memory_mib}):"
+    );
+    println!("  native Rust:  older edit (merged) {native_older:.0} ns, newer edit (accept) {native_newer:.0} ns");
+    for (language, path) in components {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                println!("  {language}: skipped, cannot read {}: {e}", path.display());
+                continue;
+            }
+        };
+        let t = Instant::now();
+        let policy = runtime.load(language, &bytes, &path.display().to_string(), "bench").unwrap();
+        let first_load = t.elapsed();
+        let t = Instant::now();
+        let first = policy.decide(&input(&older), "{}");
+        let first_call = t.elapsed();
+        // A component the sandbox cannot run (too many memories or instances) is reported, not measured.
+        if !matches!(first, Ok(Decision::Merged { .. }))
+            || !matches!(policy.decide(&input(&newer), "{}"), Ok(Decision::Accept))
+        {
+            println!("  {language}: not measured, the first call gave {first:?}");
+            continue;
+        }
+        let merged = median_ns(calls, || {
+            std::hint::black_box(policy.decide(&input(&older), "{}").ok());
+        });
+        let accepted = median_ns(calls, || {
+            std::hint::black_box(policy.decide(&input(&newer), "{}").ok());
+        });
+        println!(
+            "  {language:<11} component {:.1} MB: older edit (merged) {merged:.0} ns ({:.1}x native), \
+             newer edit (accept) {accepted:.0} ns; load {:.0} ms (compile or disk cache), first call \
+             (instantiation) {:.1} ms",
+            bytes.len() as f64 / 1e6,
+            merged / native_older,
+            first_load.as_secs_f64() * 1000.0,
+            first_call.as_secs_f64() * 1000.0,
+        );
+    }
 }

@@ -18,6 +18,7 @@ mod migrate_store;
 mod migrations;
 mod multi_host;
 mod policies;
+mod policy_languages;
 mod policy_new;
 mod request_ids;
 mod schemathesis;
