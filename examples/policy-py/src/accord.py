@@ -1,6 +1,6 @@
 """Typed helpers for an Accord merge policy in Python.
 
-The WIT world ``accord:merge/policy@0.1.0`` (wit/merge.wit) as componentize-py
+The WIT world ``accord:merge/policy@0.2.0`` (wit/merge.wit) as componentize-py
 hands it to Python: records are dataclasses with snake_case fields,
 ``option<T>`` is ``Optional[T]``, ``s64`` is ``int``, and the ``decision``
 variant is one dataclass per case (``Decision_Accept``, ``Decision_Merged``,
@@ -14,6 +14,7 @@ from wit_world.imports.types import (
     Decision,
     Decision_Accept,
     Decision_Conflict,
+    Decision_Fail,
     Decision_Merged,
     Decision_Reject,
     IncomingRecord,
@@ -71,8 +72,9 @@ def reject(reason: str) -> Decision:
 
 
 def policy_failed(why: object) -> Decision:
-    """The server's side failed (bad settings, say): keep the record as a conflict."""
-    return conflict(f"policy failed: {why}")
+    """The policy cannot decide (bad settings, say): the host keeps the record as a
+    conflict ``policy failed: <why>`` and counts a policy failure (WIT 0.2 ``fail``)."""
+    return Decision_Fail(str(why))
 
 
 def obj(data: str) -> Optional[JsonObject]:

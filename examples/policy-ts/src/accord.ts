@@ -1,5 +1,5 @@
 // Typed helpers for an Accord merge policy in TypeScript: the WIT world
-// `accord:merge/policy@0.1.0` (wit/merge.wit) as jco's QuickJS backend
+// `accord:merge/policy@0.2.0` (wit/merge.wit) as jco's QuickJS backend
 // (componentize-qjs) hands it to JavaScript, plus small parsers.
 //
 // Mapping: records are objects with camelCase keys, `option<T>` is `T | null`,
@@ -34,6 +34,8 @@ export interface MergeInput {
   incoming: IncomingRecord;
   /** `policy_settings` of this entity type in config.toml, as JSON object text. */
   settings: string;
+  /** Why the host calls: only a `live` decision is written and answered. */
+  mode: "live" | "replay" | "shadow";
 }
 
 /** A record the policy computed; the host chooses its version. */
@@ -47,7 +49,8 @@ export type Decision =
   | { tag: "accept" }
   | { tag: "merged"; val: MergedRecord }
   | { tag: "conflict"; val: string }
-  | { tag: "reject"; val: string };
+  | { tag: "reject"; val: string }
+  | { tag: "fail"; val: string };
 
 /** A JSON object (a record's `data`, the settings). */
 export type JsonObject = { [key: string]: unknown };
@@ -68,8 +71,10 @@ export const conflict = (reason: string): Decision => ({ tag: "conflict", val: r
 export const reject = (reason: string): Decision => ({ tag: "reject", val: reason });
 
 /** The server's side failed (bad settings, say): keep the record as a conflict. */
-export const policyFailed = (why: unknown): Decision =>
-  conflict(`policy failed: ${why instanceof Error ? why.message : String(why)}`);
+export const policyFailed = (why: unknown): Decision => ({
+  tag: "fail",
+  val: why instanceof Error ? why.message : String(why),
+});
 
 /** Parses a record's `data` (or any JSON object text); `undefined` if it is not a JSON object. */
 export function object(data: string): JsonObject | undefined {

@@ -181,14 +181,12 @@ fn same_wit(name: &str) {
     assert_eq!(copy, std::fs::read_to_string(WIT).unwrap(), "examples/{name}/wit/merge.wit differs from wit/merge.wit");
 }
 
-// What keeps `accord policy test` from running the components today (the two
-// ignored tests below): the host's sandbox (host/src/policy/sandbox.rs) allows
-// one linear memory and 16 core instances per store. componentize-qjs output
-// has 3 memories (the engine's, plus empty ones in its module-loader and WASI
-// stubs); componentize-py output instantiates 38 core modules (CPython, libc
-// and its shared libraries, stubs). With those two counts raised, both pass
-// every case at the default `memory_mib` and `cpu_ms`. Run them then with
-// `cargo test -p accord --test it policy_languages -- --include-ignored`.
+// The sandbox (host/src/policy/sandbox.rs) bounds memory across all of an
+// instance's memories and allows the core-instance and memory counts such
+// components bring: componentize-qjs output has 3 memories (the engine's, plus
+// empty ones in its module-loader and WASI stubs); componentize-py output
+// instantiates 38 core modules (CPython, libc and its shared libraries, stubs).
+// Both pass every case at the default `memory_mib` and `cpu_ms`.
 
 /// examples/policy-ts built with `npm ci && npm run build`, in the target dir.
 fn typescript_component() -> PathBuf {
@@ -257,7 +255,6 @@ fn python_policy_builds_and_imports_nothing_but_the_contract() {
 }
 
 #[test]
-#[ignore = "the host sandbox allows 1 memory per store; componentize-qjs output needs 3 (see above)"]
 fn typescript_policy_passes_the_rust_templates_cases() {
     if crate::support::sqlite_only("runs a component; no store involved") {
         return;
@@ -266,7 +263,6 @@ fn typescript_policy_passes_the_rust_templates_cases() {
 }
 
 #[test]
-#[ignore = "the host sandbox allows 16 core instances per store; componentize-py output needs 38 (see above)"]
 fn python_policy_passes_the_rust_templates_cases() {
     if crate::support::sqlite_only("runs a component; no store involved") {
         return;
