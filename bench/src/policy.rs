@@ -187,6 +187,7 @@ pub fn languages(calls: usize, memory_mib: usize, components: &[(&str, std::path
             data: incoming.data.clone(),
         },
         settings: "{}".into(),
+        mode: sdk::Mode::Live,
     };
     let (sdk_older, sdk_newer) = (sdk_input(&older), sdk_input(&newer));
     assert!(matches!(custom_policy::decide(&sdk_older), sdk::Decision::Merged { .. }));
@@ -213,20 +214,20 @@ pub fn languages(calls: usize, memory_mib: usize, components: &[(&str, std::path
         let policy = runtime.load(language, &bytes, &path.display().to_string(), "bench").unwrap();
         let first_load = t.elapsed();
         let t = Instant::now();
-        let first = policy.decide(&input(&older), "{}");
+        let first = policy.decide(&input(&older), "{}", accord::policy::Mode::Live);
         let first_call = t.elapsed();
         // A component the sandbox cannot run (too many memories or instances) is reported, not measured.
         if !matches!(first, Ok(Decision::Merged { .. }))
-            || !matches!(policy.decide(&input(&newer), "{}"), Ok(Decision::Accept))
+            || !matches!(policy.decide(&input(&newer), "{}", accord::policy::Mode::Live), Ok(Decision::Accept))
         {
             println!("  {language}: not measured, the first call gave {first:?}");
             continue;
         }
         let merged = median_ns(calls, || {
-            std::hint::black_box(policy.decide(&input(&older), "{}").ok());
+            std::hint::black_box(policy.decide(&input(&older), "{}", accord::policy::Mode::Live).ok());
         });
         let accepted = median_ns(calls, || {
-            std::hint::black_box(policy.decide(&input(&newer), "{}").ok());
+            std::hint::black_box(policy.decide(&input(&newer), "{}", accord::policy::Mode::Live).ok());
         });
         println!(
             "  {language:<11} component {:.1} MB: older edit (merged) {merged:.0} ns ({:.1}x native), \
