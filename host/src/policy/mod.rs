@@ -98,10 +98,17 @@ impl Drop for Runtime {
     }
 }
 
-/// Drives the engine's epoch only while policy calls run.
+/// How long the ticker keeps ticking after the last call ended: a push's
+/// calls follow each other closely, and waking a sleeping ticker costs a
+/// system call per call; an idle server still sleeps.
+const TICK_GRACE: Duration = Duration::from_millis(200);
+
+/// Drives the engine's epoch while policy calls run (and `TICK_GRACE` after).
 #[derive(Default)]
 struct Ticker {
     in_flight: AtomicUsize,
+    /// True while the ticker thread waits for a call (set before its last check).
+    asleep: AtomicBool,
     stop: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
@@ -112,7 +119,10 @@ struct InFlight<'a>(&'a Ticker);
 
 impl Ticker {
     fn enter(&self) -> InFlight<'_> {
-        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Only a sleeping ticker needs waking. It sets `asleep` before it reads
+        // `in_flight` (both SeqCst): either it sees this call, or this sees it asleep.
+        if self.asleep.load(Ordering::SeqCst) {
             // Under the lock, so the ticker is either before its check or waiting.
             let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.wake.notify_one();
@@ -120,17 +130,24 @@ impl Ticker {
         InFlight(self)
     }
 
-    /// The ticker thread: sleeps while no call runs, ticks every `TICK` while one does.
+    /// The ticker thread: ticks every `TICK` while a call runs and for
+    /// `TICK_GRACE` after the last one; sleeps otherwise.
     fn run(&self, engine: &wasmtime::EngineWeak) {
+        let mut last_busy = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            {
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                last_busy = std::time::Instant::now();
+            } else if last_busy.elapsed() >= TICK_GRACE {
                 let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.asleep.store(true, Ordering::SeqCst);
                 while self.in_flight.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::Relaxed) {
                     held = match self.wake.wait_timeout(held, Duration::from_secs(1)) {
                         Ok((held, _)) => held,
                         Err(p) => p.into_inner().0,
                     };
                 }
+                self.asleep.store(false, Ordering::SeqCst);
+                last_busy = std::time::Instant::now();
             }
             std::thread::sleep(TICK);
             match engine.upgrade() {
