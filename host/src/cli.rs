@@ -464,9 +464,7 @@ async fn replay(
         budget: std::time::Duration::from_secs(3600),
     };
     let decide = move |input: &crate::model::MergeInput<'_>| {
-        candidate
-            .decide(input, &settings, crate::policy::Mode::Replay)
-            .unwrap_or_else(|f| crate::model::Decision::Conflict(format!("policy failed: {f}")))
+        candidate.decide_or_conflict(input, &settings, crate::policy::Mode::Replay)
     };
     let report =
         crate::sync::rehearse::replay_stored(&store, entities, Arc::new(config.sync.clone()), scope, decide).await;

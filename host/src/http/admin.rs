@@ -5,7 +5,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -193,7 +192,7 @@ pub async fn replay(
     caller: Principal,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<crate::sync::rehearse::ReplayReport>, ApiError> {
     caller.require(Scope::Admin)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let since = match query.since.as_deref() {
@@ -237,18 +236,10 @@ pub async fn replay(
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(|e| ApiError::Unprocessable(format!("the candidate does not load: {e}")))?;
     let decide = move |input: &crate::model::MergeInput<'_>| {
-        candidate
-            .decide(input, &settings, crate::policy::Mode::Replay)
-            .unwrap_or_else(|f| crate::model::Decision::Conflict(format!("policy failed: {f}")))
+        candidate.decide_or_conflict(input, &settings, crate::policy::Mode::Replay)
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let report = state.sync.replay_policy(&query.entity, since, limit, REPLAY_BUDGET, decide).await?;
-    let body = serde_json::to_vec(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut response = Response::new(axum::body::Body::from(body));
-    response
-        .headers_mut()
-        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
-    Ok(response)
+    Ok(Json(state.sync.replay_policy(&query.entity, since, limit, REPLAY_BUDGET, decide).await?))
 }
 
 /// `GET /api/admin/policies/{entity}/shadow` answer.

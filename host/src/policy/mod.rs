@@ -332,6 +332,13 @@ impl Policy {
         result
     }
 
+    /// [`Policy::decide`], with a failed call as the conflict the host keeps
+    /// for it (`policy failed: …`): what a push, a shadow or a replay sees.
+    pub fn decide_or_conflict(&self, input: &MergeInput<'_>, settings: &str, mode: Mode) -> Decision {
+        self.decide(input, settings, mode)
+            .unwrap_or_else(|failure| Decision::Conflict(format!("policy failed: {failure}")))
+    }
+
     /// The world the component implements.
     pub fn world(&self) -> &'static str {
         self.pre.world()

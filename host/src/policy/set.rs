@@ -31,10 +31,7 @@ impl PolicySet {
         let Some((_, binding)) = self.bindings.get(type_index) else {
             return Decision::Conflict("policy failed: no policy is bound to this entity type".into());
         };
-        let decision = binding
-            .policy
-            .decide(input, &binding.settings, super::Mode::Live)
-            .unwrap_or_else(|failure| Decision::Conflict(format!("policy failed: {failure}")));
+        let decision = binding.policy.decide_or_conflict(input, &binding.settings, super::Mode::Live);
         if let Some(shadow) = &binding.shadow {
             shadow.observe(input, &binding.settings, &decision);
         }
