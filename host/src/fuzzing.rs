@@ -66,12 +66,20 @@ pub fn policy_output(data: &[u8]) {
     let text = String::from_utf8_lossy(rest).into_owned();
     let decision = match kind % 4 {
         0 => Decision::Accept,
-        1 => Decision::Merged { data: text, deleted: kind & 4 != 0 },
-        2 => Decision::Conflict(text),
-        _ => Decision::Reject(text),
+        1 => Decision::Merged { data: text.clone(), deleted: kind & 4 != 0 },
+        2 => Decision::Conflict(text.clone()),
+        _ => Decision::Reject(text.clone()),
     };
     let limits = Limits { cpu_ms: 100, memory_bytes: 1 << 20, max_output_bytes: 64 * 1024 };
-    match validate(decision, &limits) {
+    // The validator checks without building a `Value`; it must agree with building one.
+    let merged_ok = kind % 4 == 1
+        && text.len() <= limits.max_output_bytes
+        && serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.is_object());
+    let result = validate(decision, &limits);
+    if kind % 4 == 1 {
+        assert_eq!(result.is_ok(), merged_ok, "validate disagrees with serde_json on {text:?}");
+    }
+    match result {
         Ok(Decision::Merged { data, .. }) => {
             assert!(data.len() <= limits.max_output_bytes);
             let parsed: serde_json::Value = serde_json::from_str(&data).expect("validated data is JSON");

@@ -8,8 +8,9 @@
 
 use serde::Deserialize;
 
-use crate::merge::{FieldMerge, three_way};
-use crate::{Decision, IncomingRecord, MergeInput, StoredRecord, object, same_json, to_text};
+use crate::fields::{Fields, same_as, to_text};
+use crate::merge::{FieldMerge, merge_fields};
+use crate::{Decision, IncomingRecord, MergeInput, StoredRecord, same_json};
 
 /// `field-merge`'s `policy_settings`.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -24,7 +25,7 @@ pub struct FieldMergeSettings {
 }
 
 impl FieldMergeSettings {
-    /// These settings as rules for [`three_way`] (no `settle`).
+    /// These settings as rules for [`merge_fields`] (no `settle`).
     pub fn rules(&self) -> FieldMerge<'_> {
         FieldMerge { ignore: &self.ignore, later_wins: &self.later_wins, by: self.by.as_deref(), settle: None }
     }
@@ -72,7 +73,7 @@ pub fn record_step(input: &MergeInput) -> Step<'_> {
     Step::MergeData { base, server }
 }
 
-/// Merges `data` per top-level field with `rules` (see [`three_way`]):
+/// Merges `data` per top-level field with `rules` (see [`merge_fields`]):
 /// merged, or accept when the result is the incoming record, or a conflict
 /// naming the fields both sides changed; data that is not a JSON object is
 /// rejected with a reason that starts with `policy`'s name.
@@ -83,12 +84,12 @@ pub fn merge_data(
     incoming: &IncomingRecord,
     rules: &FieldMerge<'_>,
 ) -> Decision {
-    let parsed = (object(&base.data), object(&server.data), object(&incoming.data));
+    let parsed = (Fields::parse(&base.data), Fields::parse(&server.data), Fields::parse(&incoming.data));
     let (Ok(b), Ok(s), Ok(i)) = parsed else {
         return Decision::Reject(format!("{policy}: a record's data is not a JSON object"));
     };
-    match three_way(&b, &s, &i, rules) {
-        Ok(merged) if merged == i => Decision::Accept,
+    match merge_fields(&b, &s, &i, rules) {
+        Ok(merged) if same_as(&merged, &i) => Decision::Accept,
         Ok(merged) => Decision::Merged { deleted: false, data: to_text(&merged) },
         Err(fields) => Decision::Conflict(format!("both sides changed {}", fields.join(", "))),
     }

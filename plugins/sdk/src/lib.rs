@@ -6,6 +6,7 @@
 //! build with `cargo build --release --target wasm32-wasip2`.
 
 pub mod field_merge;
+pub mod fields;
 pub mod merge;
 
 #[cfg(target_arch = "wasm32")]
@@ -23,7 +24,8 @@ pub mod bindings {
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-pub use merge::{FieldMerge, Settle, three_way};
+pub use fields::Fields;
+pub use merge::{FieldMerge, Settle, merge_fields, three_way};
 
 /// One stored version of a record; `data` is a JSON object as text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,7 +106,14 @@ pub fn settings<T: DeserializeOwned>(input: &MergeInput) -> Result<T, String> {
 
 /// True when the two JSON texts denote the same value (byte-equal texts skip parsing).
 pub fn same_json(a: &str, b: &str) -> bool {
-    a == b || matches!((serde_json::from_str::<Value>(a), serde_json::from_str::<Value>(b)), (Ok(x), Ok(y)) if x == y)
+    if a == b {
+        return true;
+    }
+    // Objects field by field, parsing only the fields whose texts differ.
+    if let (Ok(x), Ok(y)) = (Fields::parse(a), Fields::parse(b)) {
+        return x.same(&y);
+    }
+    matches!((serde_json::from_str::<Value>(a), serde_json::from_str::<Value>(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// Serializes a merged object back to text.

@@ -1,6 +1,11 @@
 //! Field-level three-way merge of JSON objects.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
+
+use crate::fields::{Field, Fields, Merged};
 
 /// Settles a field both sides changed differently: given the field's name and
 /// its value in base, server and incoming (absent = `None`), returns the value
@@ -40,34 +45,54 @@ pub fn three_way(
     incoming: &Map<String, Value>,
     rules: &FieldMerge<'_>,
 ) -> Result<Map<String, Value>, Vec<String>> {
-    let mut merged = server.clone();
+    let merged = merge_fields(&Fields::of(base), &Fields::of(server), &Fields::of(incoming), rules)?;
+    Ok(merged.into_iter().map(|(k, v)| (k.into_owned(), v.value())).collect())
+}
+
+/// [`three_way`] on lazily read fields: only the fields that differ between
+/// the sides are ever parsed.
+pub fn merge_fields<'a>(
+    base: &Fields<'a>,
+    server: &Fields<'a>,
+    incoming: &Fields<'a>,
+    rules: &FieldMerge<'_>,
+) -> Result<BTreeMap<Cow<'a, str>, Merged<'a>>, Vec<String>> {
+    let mut merged: BTreeMap<Cow<'a, str>, Merged<'a>> =
+        server.0.iter().map(|(k, v)| (k.clone(), Merged::Kept(*v))).collect();
     let mut conflicts = Vec::new();
-    let keys = base.keys().chain(server.keys()).chain(incoming.keys());
+    let keys = base.0.keys().chain(server.0.keys()).chain(incoming.0.keys());
     let mut seen = std::collections::BTreeSet::new();
+    let same = |a: Option<Field>, b: Option<Field>| match (a, b) {
+        (Some(a), Some(b)) => a.same(b),
+        (a, b) => a.is_none() && b.is_none(),
+    };
     for key in keys {
         if !seen.insert(key) {
             continue;
         }
         let (b, s, i) = (base.get(key), server.get(key), incoming.get(key));
-        let take_incoming = if s == i || i == b {
+        let take_incoming = if same(s, i) || same(i, b) {
             false
-        } else if s == b {
+        } else if same(s, b) {
             true
-        } else if let Some(value) = rules.settle.and_then(|settle| settle(key, b, s, i)) {
-            merged.insert(key.clone(), value);
+        } else if let Some(value) = rules.settle.and_then(|settle| {
+            let (b, s, i) = (b.map(Field::value), s.map(Field::value), i.map(Field::value));
+            settle(key, b.as_ref(), s.as_ref(), i.as_ref())
+        }) {
+            merged.insert(key.clone(), Merged::Made(value));
             false
         } else if rules.ignore.iter().any(|f| f == key) {
             true
         } else if rules.later_wins.iter().any(|f| f == key) {
-            let stamp = |m: &Map<String, Value>| rules.by.and_then(|by| m.get(by)).cloned();
+            let stamp = |side: &Fields| rules.by.and_then(|by| side.get(by)).map(Field::value);
             later(stamp(incoming).as_ref(), stamp(server).as_ref())
         } else {
-            conflicts.push(key.clone());
+            conflicts.push(key.to_string());
             false
         };
         if take_incoming {
             match i {
-                Some(v) => merged.insert(key.clone(), v.clone()),
+                Some(v) => merged.insert(key.clone(), Merged::Kept(v)),
                 None => merged.remove(key),
             };
         }
@@ -138,5 +163,101 @@ mod tests {
         let rules = FieldMerge { ignore: &ignore, settle: Some(&settle), ..FieldMerge::default() };
         let merged = three_way(&base, &server, &incoming, &rules).expect("settled");
         assert_eq!(Value::Object(merged), json!({"t": "server+mine", "n": 3, "only_server": 2}));
+    }
+
+    /// The rule as it was written on parsed values, before fields were read lazily.
+    fn reference(
+        base: &Map<String, Value>,
+        server: &Map<String, Value>,
+        incoming: &Map<String, Value>,
+        rules: &FieldMerge<'_>,
+    ) -> Result<Map<String, Value>, Vec<String>> {
+        let mut merged = server.clone();
+        let mut conflicts = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for key in base.keys().chain(server.keys()).chain(incoming.keys()) {
+            if !seen.insert(key) {
+                continue;
+            }
+            let (b, s, i) = (base.get(key), server.get(key), incoming.get(key));
+            let take = if s == i || i == b {
+                false
+            } else if s == b || rules.ignore.iter().any(|f| f == key) {
+                true
+            } else if rules.later_wins.iter().any(|f| f == key) {
+                let stamp = |m: &Map<String, Value>| rules.by.and_then(|by| m.get(by)).cloned();
+                later(stamp(incoming).as_ref(), stamp(server).as_ref())
+            } else {
+                conflicts.push(key.clone());
+                false
+            };
+            if take {
+                match i {
+                    Some(v) => merged.insert(key.clone(), v.clone()),
+                    None => merged.remove(key),
+                };
+            }
+        }
+        if conflicts.is_empty() { Ok(merged) } else { Err(conflicts) }
+    }
+
+    #[test]
+    fn lazy_fields_merge_exactly_as_parsed_values() {
+        // Texts with several spellings of one value, so "different text, same value" is common.
+        let pool = [
+            "1",
+            "1.0",
+            "2",
+            "-3",
+            "1e0",
+            "\"x\"",
+            "\"\\u0078\"",
+            "\"y\"",
+            "{\"k\":1}",
+            "{ \"k\" : 1 }",
+            "[1,2]",
+            "[1, 2]",
+            "null",
+            "true",
+            "false",
+            "\"2026-01-02\"",
+            "\"2026-01-03\"",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (names, ignore, later_wins) = (["a", "b", "c", "at"], ["b".to_string()], ["c".to_string()]);
+        for round in 0..3000 {
+            let mut side = || {
+                let mut fields = Vec::new();
+                for name in names {
+                    if next(4) != 0 {
+                        fields.push(format!("\"{name}\": {}", pool[next(pool.len())]));
+                    }
+                }
+                format!("{{{}}}", fields.join(", "))
+            };
+            let (b, s, i) = (side(), side(), side());
+            let rules = match round % 3 {
+                0 => FieldMerge::default(),
+                1 => FieldMerge { ignore: &ignore, ..FieldMerge::default() },
+                _ => FieldMerge { later_wins: &later_wins, by: Some("at"), ..FieldMerge::default() },
+            };
+            let parse = |t: &str| obj(serde_json::from_str(t).expect("json"));
+            let expected = reference(&parse(&b), &parse(&s), &parse(&i), &rules);
+            let (fb, fs, fi) =
+                (Fields::parse(&b).expect("b"), Fields::parse(&s).expect("s"), Fields::parse(&i).expect("i"));
+            let lazy = merge_fields(&fb, &fs, &fi, &rules).map(|m| {
+                let text = crate::fields::to_text(&m);
+                assert_eq!(crate::fields::same_as(&m, &fi), Ok(&parse(&i)) == expected.as_ref(), "{b} {s} {i}");
+                obj(serde_json::from_str(&text).expect("merged text is JSON"))
+            });
+            assert_eq!(lazy, expected, "base {b}, server {s}, incoming {i}");
+            assert_eq!(three_way(&parse(&b), &parse(&s), &parse(&i), &rules), expected);
+        }
     }
 }
