@@ -40,6 +40,14 @@ mod tests {
     }
 
     #[test]
+    fn the_same_content_spelled_differently_is_accepted() {
+        let (base, server) = (Some(stored(1, r#"{"a":0,"b":"x"}"#)), Some(stored(2, r#"{"a":1,"b":"x"}"#)));
+        let same = incoming(2, 1, r#"{ "b": "\u0078", "a": 1 }"#);
+        assert_eq!(decide(&input(server.clone(), base.clone(), same.clone())), Decision::Accept);
+        assert_eq!(decide(&input(server, None, same)), Decision::Accept, "also with the base unknown");
+    }
+
+    #[test]
     fn merges_disjoint_fields_and_conflicts_on_the_same_field() {
         let base = Some(stored(1, r#"{"title":"t","body":"b"}"#));
         let server = Some(stored(2, r#"{"title":"T2","body":"b"}"#));

@@ -42,7 +42,8 @@ pub enum Step<'a> {
 
 /// The cases `field-merge` decides before looking inside `data`:
 /// - new record, or a change made on the server's current version: accept;
-/// - same content as the server's: accept;
+/// - same content as the server's: accept (when the base is known and the
+///   texts differ, `merge_data` finds the sameness and accepts);
 /// - base unknown (`baseVersion` 0 or out of history) and the sides differ: conflict;
 /// - deletes: both deleted → accept; deleted on the server and edited here →
 ///   conflict; deleted here with no server edit since the base → accept, else conflict.
@@ -53,15 +54,22 @@ pub fn record_step(input: &MergeInput) -> Step<'_> {
     if incoming.base_version == server.version {
         return Step::Decided(Decision::Accept);
     }
-    if server.deleted == incoming.deleted && same_json(&server.data, &incoming.data) {
-        return Step::Decided(Decision::Accept);
-    }
+    let same_content = || server.deleted == incoming.deleted && same_json(&server.data, &incoming.data);
     let Some(base) = &input.base else {
+        if same_content() {
+            return Step::Decided(Decision::Accept);
+        }
         return Step::Decided(Decision::Conflict(format!(
             "the change was based on version {}, which is no longer known, and the records differ",
             incoming.base_version
         )));
     };
+    // With a base, content equal in value but not in text needs no check of
+    // its own: merging it per field gives the incoming record, which
+    // `merge_data` accepts (so the records are read once, not twice).
+    if server.deleted == incoming.deleted && server.data == incoming.data {
+        return Step::Decided(Decision::Accept);
+    }
     if server.deleted || incoming.deleted {
         return Step::Decided(match (server.deleted, incoming.deleted) {
             (true, true) => Decision::Accept,
