@@ -14,6 +14,7 @@ const SDK_LIB: &str = include_str!("../../plugins/sdk/src/lib.rs");
 const SDK_MERGE: &str = include_str!("../../plugins/sdk/src/merge.rs");
 const SDK_FIELD_MERGE: &str = include_str!("../../plugins/sdk/src/field_merge.rs");
 const SDK_FIELDS: &str = include_str!("../../plugins/sdk/src/fields.rs");
+const SDK_TEXT: &str = include_str!("../../plugins/sdk/src/text.rs");
 const WIT: &str = include_str!("../../wit/merge.wit");
 const RULE: &str = include_str!("../../examples/custom-policy/src/lib.rs");
 const CASES: &str = include_str!("../../examples/custom-policy/cases.json");
@@ -58,6 +59,7 @@ pub fn new_policy(parent: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
         ("sdk/src/merge.rs", SDK_MERGE.to_string()),
         ("sdk/src/field_merge.rs", SDK_FIELD_MERGE.to_string()),
         ("sdk/src/fields.rs", SDK_FIELDS.to_string()),
+        ("sdk/src/text.rs", SDK_TEXT.to_string()),
         ("sdk/wit/merge.wit", WIT.to_string()),
     ];
     for (path, text) in files {

@@ -113,7 +113,9 @@ async fn hostile_server(modes: &[&str]) -> TestServer {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(component("fixture-hostile"), dir.join("hostile.wasm")).unwrap();
         c.policies.dir = dir;
-        c.policies.cpu_ms = 50;
+        // The CPU bound is wall time between epoch ticks: on a loaded machine the
+        // memory fixture could meet a tight one before its memory limit.
+        c.policies.cpu_ms = 1000;
         c.entities = modes
             .iter()
             .map(|m| (format!("evil_{}", m.replace('-', "_")), entity("hostile", json!({"mode": m}))))

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::fields::{Fields, same_as, to_text};
 use crate::merge::{FieldMerge, merge_fields};
+use crate::text::same_text;
 use crate::{Decision, IncomingRecord, MergeInput, StoredRecord, same_json};
 
 /// `field-merge`'s `policy_settings`.
@@ -67,7 +68,7 @@ pub fn record_step(input: &MergeInput) -> Step<'_> {
     // With a base, content equal in value but not in text needs no check of
     // its own: merging it per field gives the incoming record, which
     // `merge_data` accepts (so the records are read once, not twice).
-    if server.deleted == incoming.deleted && server.data == incoming.data {
+    if server.deleted == incoming.deleted && same_text(&server.data, &incoming.data) {
         return Step::Decided(Decision::Accept);
     }
     if server.deleted || incoming.deleted {

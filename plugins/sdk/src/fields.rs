@@ -11,6 +11,8 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::text::{contains_byte, same_text};
+
 /// One field's value: raw JSON text from a record, or an already parsed value.
 #[derive(Clone, Copy, Debug)]
 pub enum Field<'a> {
@@ -33,7 +35,7 @@ impl Field<'_> {
     pub fn same(self, other: Field<'_>) -> bool {
         match (self, other) {
             (Field::Parsed(a), Field::Parsed(b)) => a == b,
-            (Field::Raw(a), Field::Raw(b)) if a.get() == b.get() => true,
+            (Field::Raw(a), Field::Raw(b)) if same_text(a.get(), b.get()) => true,
             (Field::Raw(a), Field::Raw(b)) if canonical(a.get()) && canonical(b.get()) => false,
             _ => self.value() == other.value(),
         }
@@ -53,7 +55,7 @@ impl Field<'_> {
 fn canonical(text: &str) -> bool {
     let b = text.as_bytes();
     match b.first() {
-        Some(b'"') => !b.contains(&b'\\'),
+        Some(b'"') => !contains_byte(text, b'\\'),
         Some(b't' | b'f' | b'n') => true,
         // Integers up to 18 digits are exact in `Value`; longer ones become floats.
         Some(b'1'..=b'9') => b.len() <= 18 && b.iter().all(u8::is_ascii_digit),

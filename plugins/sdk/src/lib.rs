@@ -8,6 +8,7 @@
 pub mod field_merge;
 pub mod fields;
 pub mod merge;
+pub mod text;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -106,7 +107,7 @@ pub fn settings<T: DeserializeOwned>(input: &MergeInput) -> Result<T, String> {
 
 /// True when the two JSON texts denote the same value (byte-equal texts skip parsing).
 pub fn same_json(a: &str, b: &str) -> bool {
-    if a == b {
+    if text::same_text(a, b) {
         return true;
     }
     // Objects field by field, parsing only the fields whose texts differ.
