@@ -22,6 +22,7 @@
 
 mod backup;
 mod blobs;
+mod checkpoint;
 mod conflicts;
 mod copy;
 mod keys;
