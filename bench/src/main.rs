@@ -52,10 +52,11 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         page: usize,
     },
-    /// Concurrent clients each pushing small batches of new records.
+    /// Concurrent clients each pushing small batches of new records; a list
+    /// (`--clients 1,4,16,64`) runs each count on a fresh server, in turn.
     Concurrent {
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
+        #[arg(long, value_delimiter = ',', default_value = "16")]
+        clients: Vec<usize>,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         #[arg(long, default_value_t = 10)]
@@ -146,7 +147,9 @@ fn main() {
                 }
             }
             Command::Concurrent { clients, seconds, records_per_push, hosts, distinct_users } => {
-                concurrent(clients, seconds, records_per_push, hosts, distinct_users).await;
+                for n in clients {
+                    concurrent(n, seconds, records_per_push, hosts, distinct_users).await;
+                }
             }
             Command::RawSqlite { records, batch } => {
                 raw_sqlite(records, batch);
@@ -255,7 +258,17 @@ async fn spawn_server(target: &str, env: &[(&str, String)]) -> (tokio::process::
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
     let addr = line.strip_prefix("listening ").unwrap().to_string();
-    (child, format!("http://{addr}"))
+    let base = format!("http://{addr}");
+    // The port is bound before the policies are loaded (compiled, on a cold
+    // cache): no scenario's clock may start before the server answers.
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
 }
 
 impl Server {
