@@ -1,5 +1,8 @@
 //! The built-in policies, compiled from `plugins/` by host/build.rs and embedded in the binary.
 
+/// The `source` of a policy loaded from the binary (not from `policies.dir`).
+pub const SOURCE: &str = "built-in";
+
 /// Names of the built-in policies.
 pub const NAMES: [&str; 7] =
     ["field-merge", "compare-and-set", "version-wins", "append-only", "tombstone-wins", "max-wins", "text-merge"];

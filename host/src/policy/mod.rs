@@ -305,6 +305,11 @@ impl Policy {
         self.sha256.get_or_init(|| hex(&Sha256::digest(&self.bytes)))
     }
 
+    /// Counts a call answered without running the component (see `PolicySet::decide`).
+    pub fn count_call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }

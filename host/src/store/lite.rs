@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::checkpoint::Checkpointer;
 use super::sql::Conn;
 use super::{ReadTx, StoreError, migrate, writer};
 use crate::config::DatabaseConfig;
@@ -28,11 +29,12 @@ impl Lite {
         }
         let mut conn = open_connection(&path, config, false)?;
         migrate::migrate(&mut conn)?;
+        let checkpoints = Checkpointer::start(&conn, open_connection(&path, config, false)?, &path)?;
         let queue = Arc::new(writer::Queue::new(config.write_queue));
         let q = queue.clone();
         let thread = std::thread::Builder::new()
             .name("accord-writer".into())
-            .spawn(move || writer::run(conn, &q))
+            .spawn(move || writer::run(conn, &q, checkpoints))
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         Ok(Lite {
             path,

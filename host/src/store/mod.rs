@@ -22,6 +22,7 @@
 
 mod backup;
 mod blobs;
+mod checkpoint;
 mod conflicts;
 mod copy;
 mod keys;
@@ -52,7 +53,7 @@ pub use migrate::latest_version;
 use notices::NoticeHub;
 pub use objects::{Objects, Upload};
 pub use pushlog::{LoggedPush, StoredResponse};
-pub use records::{RecordRow, Usage, UserState};
+pub use records::{Change, RecordRow, Usage, UserState};
 
 /// "User `user`'s data changed, up to sequence `seq`" — published after commit
 /// (on PostgreSQL, to every host). A notice with `seq < 0` means "notices may

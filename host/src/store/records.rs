@@ -204,18 +204,21 @@ impl ReadTx<'_> {
             .is_some())
     }
 
-    /// The user's records changed after `since`, in sequence order: at most
-    /// `limit` rows and, past the first, about `max_bytes` of data. `types`
-    /// empty means every type. Returns the rows and whether more follow.
+    /// Calls `f` for each of the user's records changed after `since`, in
+    /// sequence order: at most `limit` rows and, past the first, about
+    /// `max_bytes` of data. `types` empty means every type. Each row is lent
+    /// as read (no copy of its data); returns whether more follow.
     pub fn changes_since(
         &self,
         user: &str,
         since: i64,
         types: &[String],
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<(Vec<RecordRow>, bool), StoreError> {
-        let mut sql = format!("SELECT {RECORD} FROM records WHERE user_id = ?1 AND seq > ?2");
+        (limit, max_bytes): (usize, usize),
+        mut f: impl FnMut(&Change<'_>),
+    ) -> Result<bool, StoreError> {
+        let mut sql = "SELECT entity, id, version, deleted, data, updated_at, seq FROM records \
+                       WHERE user_id = ?1 AND seq > ?2"
+            .to_string();
         let mut params = vec![P::Text(user), P::Int(since)];
         if !types.is_empty() {
             let list: Vec<String> = (0..types.len()).map(|i| format!("?{}", i + 4)).collect();
@@ -225,8 +228,39 @@ impl ReadTx<'_> {
         sql.push_str(" ORDER BY seq LIMIT ?3");
         params.push(P::Int(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)));
         params.extend(types.iter().map(|t| P::Text(t)));
-        self.conn.page(&sql, &params, (limit, max_bytes), record_from, |r| r.data.len() + r.id.len() + 64)
+        let (mut rows, mut bytes, mut more) = (0usize, 0usize, false);
+        self.conn.each(&sql, &params, |r| {
+            if rows >= limit || (rows > 0 && bytes >= max_bytes) {
+                more = true;
+                return Ok(false);
+            }
+            let change = Change {
+                entity: r.str(0)?,
+                id: r.str(1)?,
+                version: r.int(2)?,
+                deleted: r.int(3)? != 0,
+                data: r.str(4)?,
+                updated_at: r.int(5)?,
+                seq: r.int(6)?,
+            };
+            bytes += change.data.len() + change.id.len() + 64;
+            rows += 1;
+            f(&change);
+            Ok(true)
+        })?;
+        Ok(more)
     }
+}
+
+/// A changed record as `changes_since` lends it: borrowed from the result row.
+pub struct Change<'r> {
+    pub entity: &'r str,
+    pub id: &'r str,
+    pub version: i64,
+    pub deleted: bool,
+    pub data: &'r str,
+    pub updated_at: i64,
+    pub seq: i64,
 }
 
 /// Runs `f` over `ids` in chunks of a few fixed sizes (padded by repeating

@@ -68,14 +68,20 @@ pub trait Row {
     fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
     fn text(&self, i: usize) -> Result<String, StoreError>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
+    /// A text column borrowed from the row (no copy).
+    fn str(&self, i: usize) -> Result<&str, StoreError>;
     fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError>;
     fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
-/// Both drivers read a column the same way, only the method's name differs.
+/// Both drivers read a column the same way, only the method's name differs
+/// (and how a borrowed text is had: `$str`).
 macro_rules! row_getters {
-    ($ty:ty, $get:ident) => {
+    ($ty:ty, $get:ident, $str:ident) => {
         impl Row for $ty {
+            fn str(&self, i: usize) -> Result<&str, StoreError> {
+                $str(self, i)
+            }
             fn int(&self, i: usize) -> Result<i64, StoreError> {
                 Ok(self.$get(i)?)
             }
@@ -98,8 +104,16 @@ macro_rules! row_getters {
     };
 }
 
-row_getters!(rusqlite::Row<'_>, get);
-row_getters!(postgres::Row, try_get);
+fn lite_str<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
+    row.get_ref(i)?.as_str().map_err(|e| StoreError::from(rusqlite::Error::from(e)))
+}
+
+fn pg_str(row: &postgres::Row, i: usize) -> Result<&str, StoreError> {
+    Ok(row.try_get(i)?)
+}
+
+row_getters!(rusqlite::Row<'_>, get, lite_str);
+row_getters!(postgres::Row, try_get, pg_str);
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct PgConn {

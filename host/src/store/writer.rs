@@ -22,6 +22,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 use super::StoreError;
+use super::checkpoint::Checkpointer;
 
 /// How many queued write jobs the writer commits together at most.
 const MAX_GROUP: usize = 64;
@@ -192,12 +193,15 @@ fn full() -> StoreError {
     StoreError::Unavailable("too many writes are waiting (database.write_queue)".into())
 }
 
-/// The writer thread's loop: one group, one transaction, until closed.
-pub(super) fn run(conn: Connection, queue: &Queue) {
+/// The writer thread's loop: one group, one transaction, until closed;
+/// `checkpoints` hears of every commit.
+pub(super) fn run(conn: Connection, queue: &Queue, checkpoints: Checkpointer) {
     while let Some(group) = queue.take_group() {
         run_group(&conn, queue, group.jobs);
+        checkpoints.committed();
         queue.rejoin(group.rejoin);
     }
+    drop(checkpoints);
     // The store is closing. Dropping `conn` checkpoints the WAL.
     let _ = conn.execute_batch("PRAGMA optimize");
 }

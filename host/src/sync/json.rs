@@ -3,64 +3,64 @@
 use std::io::Write as _;
 
 use crate::model::DecidedBy;
-use crate::store::RecordRow;
+use crate::store::{Change, RecordRow};
 
-/// Tracks whether a byte of JSON text is inside a string literal.
-#[derive(Default)]
-struct Strings {
-    inside: bool,
-    escaped: bool,
-}
-
-impl Strings {
-    /// Feeds one byte; true when it is structural (outside any string, not a quote).
-    fn structural(&mut self, b: u8) -> bool {
-        if self.inside {
-            if self.escaped {
-                self.escaped = false;
-            } else if b == b'\\' {
-                self.escaped = true;
-            } else if b == b'"' {
-                self.inside = false;
+/// Calls `f(i, b)` for every byte `b` at `i` of JSON text that is outside
+/// string literals (their quotes included in what is skipped). String
+/// contents, most of a record's bytes, are jumped over with `memchr`.
+fn each_outside_strings(text: &[u8], mut f: impl FnMut(usize, u8)) {
+    let mut i = 0;
+    while let Some(&b) = text.get(i) {
+        if b != b'"' {
+            f(i, b);
+            i += 1;
+            continue;
+        }
+        // Inside a string: on to its closing quote, stepping over escapes.
+        i += 1;
+        loop {
+            let Some(k) = text.get(i..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) else { return };
+            if text[i + k] == b'\\' {
+                i += k + 2;
+            } else {
+                i += k + 1;
+                break;
             }
-            false
-        } else if b == b'"' {
-            self.inside = true;
-            false
-        } else {
-            true
         }
     }
 }
 
 /// Deepest nesting of objects and arrays in `text` (a scalar is 0, `{}` is 1).
 pub fn depth(text: &str) -> usize {
-    let (mut strings, mut depth, mut max) = (Strings::default(), 0usize, 0usize);
-    for &b in text.as_bytes() {
-        if !strings.structural(b) {
-            continue;
+    let (mut depth, mut max) = (0usize, 0usize);
+    each_outside_strings(text.as_bytes(), |_, b| match b {
+        b'{' | b'[' => {
+            depth += 1;
+            max = max.max(depth);
         }
-        match b {
-            b'{' | b'[' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
+        b'}' | b']' => depth = depth.saturating_sub(1),
+        _ => {}
+    });
     max
 }
 
-/// Copies JSON text into `out` without the whitespace between tokens.
-pub fn compact_into(text: &str, out: &mut Vec<u8>) {
-    out.clear();
-    let mut strings = Strings::default();
-    for &b in text.as_bytes() {
-        if strings.structural(b) && matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            continue;
+/// JSON text without the whitespace between tokens: `text` itself when it has none.
+pub fn compact(text: &str) -> std::borrow::Cow<'_, [u8]> {
+    let bytes = text.as_bytes();
+    let (mut out, mut from): (Option<Vec<u8>>, usize) = (None, 0);
+    each_outside_strings(bytes, |i, b| {
+        if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
+            out.extend_from_slice(&bytes[from..i]);
+            from = i + 1;
         }
-        out.push(b);
+    });
+    match out {
+        None => std::borrow::Cow::Borrowed(bytes),
+        Some(mut out) => {
+            out.extend_from_slice(&bytes[from..]);
+            std::borrow::Cow::Owned(out)
+        }
     }
 }
 
@@ -83,11 +83,27 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
 
 /// Appends a record in wire form; `data` is spliced in as stored.
 pub fn push_record(out: &mut Vec<u8>, row: &RecordRow) {
+    push_change(
+        out,
+        &Change {
+            entity: &row.entity,
+            id: &row.id,
+            version: row.version,
+            deleted: row.deleted,
+            data: &row.data,
+            updated_at: row.updated_at,
+            seq: row.seq,
+        },
+    );
+}
+
+/// Appends a record lent by the store in wire form (as [`push_record`]).
+pub fn push_change(out: &mut Vec<u8>, c: &Change<'_>) {
     out.extend_from_slice(b"{\"id\":");
-    push_str(out, &row.id);
-    let _ = write!(out, ",\"version\":{},\"deleted\":{},\"data\":", row.version, row.deleted);
-    out.extend_from_slice(row.data.as_bytes());
-    let _ = write!(out, ",\"updatedAt\":{}}}", row.updated_at);
+    push_str(out, c.id);
+    let _ = write!(out, ",\"version\":{},\"deleted\":{},\"data\":", c.version, c.deleted);
+    out.extend_from_slice(c.data.as_bytes());
+    let _ = write!(out, ",\"updatedAt\":{}}}", c.updated_at);
 }
 
 /// `{"policy": …, "sha256": …}`, or `null`.
@@ -122,9 +138,10 @@ mod tests {
 
     #[test]
     fn compaction_keeps_strings() {
-        let mut out = Vec::new();
-        compact_into("{ \"a b\" : [1, \"x \\\" y\"] }", &mut out);
-        assert_eq!(String::from_utf8(out).expect("utf-8"), r#"{"a b":[1,"x \" y"]}"#);
+        let out = compact("{ \"a b\" : [1, \"x \\\" y\"] }");
+        assert_eq!(&*out, br#"{"a b":[1,"x \" y"]}"#);
+        assert!(matches!(compact(r#"{"a":"b c"}"#), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(&*compact("{\"a\\\\\": 1}"), br#"{"a\\":1}"#);
     }
 
     #[test]

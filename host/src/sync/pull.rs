@@ -109,41 +109,49 @@ pub fn page(
         }
         Some((_, seq)) => *seq,
     };
-    let (rows, has_more) = tx.changes_since(user, from, types, limit, max_bytes)?;
-    // With nothing more to send, the cursor may move to the end of this
-    // snapshot: every change of this user up to there has been returned.
-    let next = match rows.last() {
-        Some(last) if has_more => last.seq,
-        Some(last) => last.seq.max(state.last_seq),
-        None => state.last_seq.max(from),
-    };
-
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    // Group by type in dependency order (unknown types last), keeping sequence order within a type.
-    order.sort_by_key(|&i| (entities.index_of(&rows[i].entity).unwrap_or(usize::MAX), &rows[i].entity, rows[i].seq));
-    let bytes: usize = rows.iter().map(|r| r.data.len() + r.id.len() + 80).sum();
-    let mut out = Vec::with_capacity(bytes + 128);
-    out.extend_from_slice(b"{\"changes\":{");
-    let mut current: Option<&str> = None;
-    for &i in &order {
-        let row = &rows[i];
-        if current != Some(row.entity.as_str()) {
-            if current.is_some() {
-                out.extend_from_slice(b"],");
+    // Rendered as read, one buffer per type (rows come in sequence order),
+    // then the types in dependency order (unknown types last, by name).
+    let mut groups: Vec<(usize, String, Vec<u8>)> = Vec::new();
+    let (mut records, mut last) = (0usize, None);
+    let has_more = tx.changes_since(user, from, types, (limit, max_bytes), |c| {
+        let g = match groups.iter().position(|(_, name, _)| name == c.entity) {
+            Some(g) => g,
+            None => {
+                let order = entities.index_of(c.entity).unwrap_or(usize::MAX);
+                groups.push((order, c.entity.to_string(), Vec::with_capacity(64 * 1024)));
+                groups.len() - 1
             }
-            json::push_str(&mut out, &row.entity);
-            out.extend_from_slice(b":[");
-            current = Some(&row.entity);
-        } else {
+        };
+        let out = &mut groups[g].2;
+        if !out.is_empty() {
             out.push(b',');
         }
-        json::push_record(&mut out, row);
-    }
-    if current.is_some() {
+        json::push_change(out, c);
+        records += 1;
+        last = Some(c.seq);
+    })?;
+    // With nothing more to send, the cursor may move to the end of this
+    // snapshot: every change of this user up to there has been returned.
+    let next = match last {
+        Some(seq) if has_more => seq,
+        Some(seq) => seq.max(state.last_seq),
+        None => state.last_seq.max(from),
+    };
+    groups.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut out =
+        Vec::with_capacity(groups.iter().map(|(_, name, text)| name.len() + text.len() + 8).sum::<usize>() + 160);
+    out.extend_from_slice(b"{\"changes\":{");
+    for (i, (_, name, text)) in groups.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::push_str(&mut out, name);
+        out.extend_from_slice(b":[");
+        out.extend_from_slice(text);
         out.push(b']');
     }
     out.extend_from_slice(b"},\"cursor\":");
     json::push_str(&mut out, &cursor::encode(state.epoch, next));
     let _ = write!(out, ",\"hasMore\":{has_more}}}");
-    Ok(Page { body: out, records: rows.len() })
+    Ok(Page { body: out, records })
 }

@@ -32,19 +32,31 @@ pub struct PushRequest {
 /// The top level of a push body. Every field is borrowed raw text, read
 /// into a typed value only once its shape is known: a body never becomes a
 /// tree of generic JSON values, whatever it holds (a 30 KiB gzip body can
-/// inflate to 32 MiB of `[0,0,0,…]`).
+/// inflate to 32 MiB of `[0,0,0,…]`). Records are read in the same pass,
+/// each field kept as raw text.
 struct PushBody<'a> {
     client_id: Option<&'a RawValue>,
     push_id: Option<&'a RawValue>,
     /// `changes` in body order.
-    changes: Vec<(String, Vec<&'a RawValue>)>,
+    changes: Vec<(String, Vec<RecordBody<'a>>)>,
+}
+
+/// Where the reader is in a body, so that an error can name the record.
+#[derive(Default)]
+struct Reading {
+    /// Past `max_records`, reading stopped.
+    too_many: std::cell::Cell<bool>,
+    /// The entity type whose records are being read.
+    entity: std::cell::RefCell<String>,
+    /// The index of the record being read in that type's list.
+    record: std::cell::Cell<Option<usize>>,
 }
 
 /// Reads a push body, counting records as it goes: past `max_records` it
 /// stops (`too_many` set) instead of collecting an unbounded list.
 struct BodySeed<'c> {
     max_records: usize,
-    too_many: &'c std::cell::Cell<bool>,
+    at: &'c Reading,
 }
 
 impl<'de, 'c> DeserializeSeed<'de> for BodySeed<'c> {
@@ -71,7 +83,7 @@ impl<'de, 'c> Visitor<'de> for BodySeed<'c> {
                 "changes" if changes.is_some() => return Err(de::Error::duplicate_field("changes")),
                 "changes" => {
                     let mut left = self.max_records;
-                    changes = Some(map.next_value_seed(ChangesSeed { left: &mut left, too_many: self.too_many })?);
+                    changes = Some(map.next_value_seed(ChangesSeed { left: &mut left, at: self.at })?);
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -87,11 +99,11 @@ impl<'de, 'c> Visitor<'de> for BodySeed<'c> {
 /// twice is an error rather than silently keeping only the last list.
 struct ChangesSeed<'l, 'c> {
     left: &'l mut usize,
-    too_many: &'c std::cell::Cell<bool>,
+    at: &'c Reading,
 }
 
 impl<'de> DeserializeSeed<'de> for ChangesSeed<'_, '_> {
-    type Value = Vec<(String, Vec<&'de RawValue>)>;
+    type Value = Vec<(String, Vec<RecordBody<'de>>)>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
@@ -99,7 +111,7 @@ impl<'de> DeserializeSeed<'de> for ChangesSeed<'_, '_> {
 }
 
 impl<'de> Visitor<'de> for ChangesSeed<'_, '_> {
-    type Value = Vec<(String, Vec<&'de RawValue>)>;
+    type Value = Vec<(String, Vec<RecordBody<'de>>)>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an object mapping entity types to arrays of records")
@@ -111,21 +123,22 @@ impl<'de> Visitor<'de> for ChangesSeed<'_, '_> {
             if out.iter().any(|(k, _)| *k == key) {
                 return Err(de::Error::custom(format!("entity type `{key}` appears twice in `changes`")));
             }
-            let records = map.next_value_seed(RecordsSeed { left: &mut *self.left, too_many: self.too_many })?;
+            self.at.entity.replace(key.clone());
+            let records = map.next_value_seed(RecordsSeed { left: &mut *self.left, at: self.at })?;
             out.push((key, records));
         }
         Ok(out)
     }
 }
 
-/// One type's array of records, each kept as raw text.
+/// One type's array of records, each field kept as raw text.
 struct RecordsSeed<'l, 'c> {
     left: &'l mut usize,
-    too_many: &'c std::cell::Cell<bool>,
+    at: &'c Reading,
 }
 
 impl<'de> DeserializeSeed<'de> for RecordsSeed<'_, '_> {
-    type Value = Vec<&'de RawValue>;
+    type Value = Vec<RecordBody<'de>>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_seq(self)
@@ -133,7 +146,7 @@ impl<'de> DeserializeSeed<'de> for RecordsSeed<'_, '_> {
 }
 
 impl<'de> Visitor<'de> for RecordsSeed<'_, '_> {
-    type Value = Vec<&'de RawValue>;
+    type Value = Vec<RecordBody<'de>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an array of records")
@@ -141,20 +154,23 @@ impl<'de> Visitor<'de> for RecordsSeed<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(record) = seq.next_element::<&'de RawValue>()? {
+        loop {
+            self.at.record.set(Some(out.len()));
+            let Some(record) = seq.next_element::<RecordBody<'de>>()? else { break };
             if *self.left == 0 {
-                self.too_many.set(true);
+                self.at.too_many.set(true);
                 return Err(de::Error::custom("too many records"));
             }
             *self.left -= 1;
             out.push(record);
         }
+        self.at.record.set(None);
         Ok(out)
     }
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", expecting = "a record (a JSON object)")]
 struct RecordBody<'a> {
     #[serde(default, borrow)]
     id: Option<&'a RawValue>,
@@ -177,15 +193,17 @@ fn typed<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Result<Option<T>,
 }
 
 pub fn parse_push(body: &[u8], entities: &Entities, limits: &SyncConfig) -> Result<PushRequest, SyncError> {
-    let too_many = std::cell::Cell::new(false);
-    let seed = BodySeed { max_records: limits.max_records_per_push, too_many: &too_many };
+    let at = Reading::default();
+    let seed = BodySeed { max_records: limits.max_records_per_push, at: &at };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let parsed = seed.deserialize(&mut deserializer).and_then(|b| deserializer.end().map(|()| b)).map_err(|e| {
-        if too_many.get() {
+        if at.too_many.get() {
             SyncError::TooLarge(format!(
                 "the push holds more than {} records (sync.max_records_per_push) — split it",
                 limits.max_records_per_push
             ))
+        } else if let Some(i) = at.record.get().filter(|_| e.is_data()) {
+            SyncError::Invalid(format!("changes.{}[{i}]: a record must be a JSON object: {e}", at.entity.borrow()))
         } else {
             body_error(&e)
         }
@@ -202,9 +220,9 @@ pub fn parse_push(body: &[u8], entities: &Entities, limits: &SyncConfig) -> Resu
         let ty = &entities.types[index];
         let mut seen = HashSet::with_capacity(records.len());
         let mut out = Vec::with_capacity(records.len());
-        for (i, raw) in records.iter().enumerate() {
+        for (i, body) in records.iter().enumerate() {
             let at = format!("changes.{name}[{i}]");
-            let record = parse_record(raw, &at, ty, limits)?;
+            let record = parse_record(body, &at, ty, limits)?;
             if !seen.insert(record.id.clone()) {
                 return Err(SyncError::Invalid(format!("{at}: id {:?} appears twice in this push", record.id)));
             }
@@ -227,7 +245,6 @@ fn request_hash(push_id: Option<&str>, groups: &[(usize, Vec<Incoming>)], entiti
         hasher.update(bytes);
     };
     field(push_id.unwrap_or("").as_bytes());
-    let mut compact = Vec::new();
     for (index, records) in groups {
         field(entities.types[*index].name.as_bytes());
         for r in records {
@@ -235,8 +252,7 @@ fn request_hash(push_id: Option<&str>, groups: &[(usize, Vec<Incoming>)], entiti
             field(&r.version.to_le_bytes());
             field(&r.base_version.to_le_bytes());
             field(&[u8::from(r.deleted)]);
-            json::compact_into(&r.data, &mut compact);
-            field(&compact);
+            field(&json::compact(&r.data));
         }
     }
     hasher.finalize().into()
@@ -261,15 +277,13 @@ fn optional_id(value: Option<&RawValue>, field: &str) -> Result<Option<String>, 
     }
 }
 
-fn parse_record(raw: &RawValue, at: &str, ty: &super::EntityType, limits: &SyncConfig) -> Result<Incoming, SyncError> {
+fn parse_record(
+    body: &RecordBody<'_>,
+    at: &str,
+    ty: &super::EntityType,
+    limits: &SyncConfig,
+) -> Result<Incoming, SyncError> {
     let invalid = |what: String| SyncError::Invalid(format!("{at}: {what}"));
-    let body: RecordBody<'_> = serde_json::from_str(raw.get()).map_err(|e| {
-        if raw.get().trim_start().starts_with('{') {
-            invalid(format!("malformed record: {e}"))
-        } else {
-            invalid("a record must be a JSON object".into())
-        }
-    })?;
     let id = match typed::<String>(body.id) {
         Ok(Some(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => s,
         Ok(Some(s)) if s.is_empty() => return Err(invalid("field `id` must not be empty".into())),
