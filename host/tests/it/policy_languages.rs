@@ -28,6 +28,17 @@ fn work_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("policy-languages").join(name)
 }
 
+/// Holds an exclusive lock on `name`'s build for as long as it lives: two
+/// tests (threads of `cargo test`, or processes of nextest) need the same
+/// component, and only one may stage and build it.
+fn build_lock(name: &str) -> std::fs::File {
+    let path = work_dir(name).with_extension("lock");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(&path).unwrap();
+    file.lock().unwrap();
+    file
+}
+
 /// Every file under `root` named by `entries` (files or folders), sorted, without caches.
 fn sources(root: &Path, entries: &[&str]) -> Vec<PathBuf> {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
@@ -195,6 +206,7 @@ fn same_wit(name: &str) {
 /// examples/policy-ts built with `npm ci && npm run build`, in the target dir.
 fn typescript_component() -> PathBuf {
     same_wit("policy-ts");
+    let _building = build_lock("policy-ts");
     let entries = ["package.json", "package-lock.json", "tsconfig.json", "src", "wit"];
     let work = work_dir("policy-ts");
     if let Some(digest) = stage("policy-ts", &entries) {
@@ -224,6 +236,7 @@ fn typescript_component() -> PathBuf {
 /// examples/policy-py built with `./build.sh` (a virtualenv, pinned componentize-py), in the target dir.
 fn python_component() -> PathBuf {
     same_wit("policy-py");
+    let _building = build_lock("policy-py");
     let entries = ["build.sh", "requirements.txt", "src", "wit"];
     let work = work_dir("policy-py");
     if let Some(digest) = stage("policy-py", &entries) {
