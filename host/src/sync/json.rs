@@ -1,7 +1,5 @@
 //! Small JSON helpers for splicing stored JSON text into responses unparsed.
 
-use std::io::Write as _;
-
 use crate::model::DecidedBy;
 use crate::store::{Change, RecordRow};
 
@@ -101,9 +99,15 @@ pub fn push_record(out: &mut Vec<u8>, row: &RecordRow) {
 pub fn push_change(out: &mut Vec<u8>, c: &Change<'_>) {
     out.extend_from_slice(b"{\"id\":");
     push_str(out, c.id);
-    let _ = write!(out, ",\"version\":{},\"deleted\":{},\"data\":", c.version, c.deleted);
+    // Integers by itoa: `write!` went through `core::fmt` (~5 % of a pull's CPU).
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(b",\"version\":");
+    out.extend_from_slice(number.format(c.version).as_bytes());
+    out.extend_from_slice(if c.deleted { b",\"deleted\":true,\"data\":" } else { b",\"deleted\":false,\"data\":" });
     out.extend_from_slice(c.data.as_bytes());
-    let _ = write!(out, ",\"updatedAt\":{}}}", c.updated_at);
+    out.extend_from_slice(b",\"updatedAt\":");
+    out.extend_from_slice(number.format(c.updated_at).as_bytes());
+    out.push(b'}');
 }
 
 /// `{"policy": …, "sha256": …}`, or `null`.
