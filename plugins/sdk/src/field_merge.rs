@@ -55,9 +55,8 @@ pub fn record_step(input: &MergeInput) -> Step<'_> {
     if incoming.base_version == server.version {
         return Step::Decided(Decision::Accept);
     }
-    let same_content = || server.deleted == incoming.deleted && same_json(&server.data, &incoming.data);
     let Some(base) = &input.base else {
-        if same_content() {
+        if server.deleted == incoming.deleted && same_json(&server.data, &incoming.data) {
             return Step::Decided(Decision::Accept);
         }
         return Step::Decided(Decision::Conflict(format!(
