@@ -16,7 +16,8 @@ pub struct LoggedPush {
 
 /// A response as kept in the log.
 pub enum StoredResponse {
-    /// Written before responses were packed: the response text itself.
+    /// The response text itself (a small one with nothing cut out, or one
+    /// logged before responses were packed).
     Text(String),
     /// Deflate-compressed response with records cut out, and where they go.
     Packed { packed: Vec<u8>, splices: Option<String> },
@@ -40,25 +41,29 @@ impl ReadTx<'_> {
 }
 
 impl WriteTx<'_> {
-    /// Logs a push's response in packed form; returns the bytes stored (for usage).
+    /// Logs a push's response in stored form; returns the bytes stored (for usage).
     pub fn log_push(
         &self,
         user: &str,
         push_id: &str,
         body_hash: &[u8],
-        packed: &[u8],
-        splices: Option<&str>,
+        stored: &StoredResponse,
         now: i64,
     ) -> Result<i64, StoreError> {
-        let bytes = stored_bytes(packed.len(), splices);
+        let (text, packed, splices) = match stored {
+            StoredResponse::Text(text) => (text.as_str(), None, None),
+            StoredResponse::Packed { packed, splices } => ("", Some(packed.as_slice()), splices.as_deref()),
+        };
+        let bytes = stored_bytes(text.len() + packed.map_or(0, <[u8]>::len), splices);
         self.conn.exec(
             "INSERT INTO push_log (user_id, push_id, body_hash, response, packed, splices, stored_bytes, created_at)
-             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             &[
                 P::Text(user),
                 P::Text(push_id),
                 P::Bytes(body_hash),
-                P::Bytes(packed),
+                P::Text(text),
+                P::OptBytes(packed),
                 P::OptText(splices),
                 P::Int(bytes),
                 P::Int(now),
@@ -88,6 +93,6 @@ impl WriteTx<'_> {
 }
 
 /// What a logged push counts against its user's `bytes`.
-fn stored_bytes(packed: usize, splices: Option<&str>) -> i64 {
-    i64::try_from(packed + splices.map_or(0, str::len)).unwrap_or(i64::MAX)
+fn stored_bytes(response: usize, splices: Option<&str>) -> i64 {
+    i64::try_from(response + splices.map_or(0, str::len)).unwrap_or(i64::MAX)
 }

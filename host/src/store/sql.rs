@@ -21,6 +21,7 @@ pub enum P<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Bytes(&'a [u8]),
+    OptBytes(Option<&'a [u8]>),
 }
 
 impl rusqlite::ToSql for P<'_> {
@@ -31,6 +32,7 @@ impl rusqlite::ToSql for P<'_> {
             P::Text(v) => rusqlite::ToSql::to_sql(v),
             P::OptText(v) => rusqlite::ToSql::to_sql(v),
             P::Bytes(v) => rusqlite::ToSql::to_sql(v),
+            P::OptBytes(v) => rusqlite::ToSql::to_sql(v),
         }
     }
 }
@@ -43,6 +45,7 @@ impl PgToSql for P<'_> {
             P::Text(v) => PgToSql::to_sql(v, ty, out),
             P::OptText(v) => PgToSql::to_sql(v, ty, out),
             P::Bytes(v) => PgToSql::to_sql(v, ty, out),
+            P::OptBytes(v) => PgToSql::to_sql(v, ty, out),
         }
     }
 
@@ -58,6 +61,7 @@ impl PgToSql for P<'_> {
             P::Text(v) => PgToSql::to_sql_checked(v, ty, out),
             P::OptText(v) => PgToSql::to_sql_checked(v, ty, out),
             P::Bytes(v) => PgToSql::to_sql_checked(v, ty, out),
+            P::OptBytes(v) => PgToSql::to_sql_checked(v, ty, out),
         }
     }
 }

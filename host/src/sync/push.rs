@@ -144,14 +144,13 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
     json::push_str(&mut out, &cursor::encode(cx.epoch, seq));
     out.push(b'}');
 
+    let response = String::from_utf8(out).map_err(|e| StoreError::Other(format!("response not UTF-8: {e}")))?;
     if let Some(push_id) = &req.push_id {
-        let (packed, splices) = replay::pack(&out, &splices);
-        delta.bytes += tx.log_push(user, push_id, &req.body_hash, &packed, splices.as_deref(), now)?;
+        delta.bytes += tx.log_push(user, push_id, &req.body_hash, &replay::store_form(&response, &splices), now)?;
     }
     check_quotas(&state.usage, &delta, cx.quotas)?;
     let wrote_up_to = (seq > state.last_seq).then_some(seq);
     tx.update_user_state(user, wrote_up_to, &delta)?;
-    let response = String::from_utf8(out).map_err(|e| StoreError::Other(format!("response not UTF-8: {e}")))?;
     Ok(Applied::Fresh { response, wrote_up_to, counts })
 }
 

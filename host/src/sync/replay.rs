@@ -1,5 +1,7 @@
 //! pushId responses in stored form: deflate-compressed, with the server
-//! records of conflicts cut out and put back on replay, byte for byte.
+//! records of conflicts cut out and put back on replay, byte for byte; a
+//! small response with nothing cut out is kept as it is (compressing it cost
+//! a sixth of the writer's time with 16 clients pushing 10 records each).
 //!
 //! A conflict's server record can be as large as a record gets, and an
 //! attacker can make many small pushes conflict with one large record; so the
@@ -55,8 +57,21 @@ fn deflate(c: &mut Compress, mut input: &[u8], out: &mut Vec<u8>, flush: FlushCo
     }
 }
 
+/// Responses up to this size with no record cut out are stored as text.
+const PACK_FROM: usize = 2048;
+
+/// The response in stored form: as text when small and whole, else without
+/// its spliced records, compressed, with the holes as JSON.
+pub fn store_form(response: &str, splices: &[Splice]) -> StoredResponse {
+    if splices.is_empty() && response.len() <= PACK_FROM {
+        return StoredResponse::Text(response.to_owned());
+    }
+    let (packed, splices) = pack(response.as_bytes(), splices);
+    StoredResponse::Packed { packed, splices }
+}
+
 /// The response without its spliced records, compressed; and the holes as JSON.
-pub fn pack(response: &[u8], splices: &[Splice]) -> (Vec<u8>, Option<String>) {
+fn pack(response: &[u8], splices: &[Splice]) -> (Vec<u8>, Option<String>) {
     let mut packed = Vec::with_capacity(response.len() / 4 + 64);
     let mut holes = Vec::with_capacity(splices.len());
     DEFLATE.with_borrow_mut(|c| {
@@ -134,5 +149,17 @@ mod tests {
             assert_eq!(inflated, expected);
             assert_eq!(holes.is_some(), !splices.is_empty());
         }
+    }
+
+    /// Small whole responses are kept as text; large ones and ones with
+    /// records cut out are packed.
+    #[test]
+    fn only_small_whole_responses_stay_text() {
+        let small = "{\"results\":{\"t\":[{\"id\":\"a\",\"status\":\"applied\",\"version\":1}]}}";
+        assert!(matches!(store_form(small, &[]), StoredResponse::Text(t) if t == small));
+        let large = small.repeat(100);
+        assert!(matches!(store_form(&large, &[]), StoredResponse::Packed { splices: None, .. }));
+        let cut = [Splice { start: 1, end: 2, entity: "t".into(), id: "a".into(), version: 1 }];
+        assert!(matches!(store_form(small, &cut), StoredResponse::Packed { splices: Some(_), .. }));
     }
 }
