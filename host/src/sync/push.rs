@@ -59,7 +59,7 @@ pub fn apply(tx: &WriteTx<'_>, user: &str, cx: &Context<'_>, req: &PushRequest) 
     if let Some(push_id) = &req.push_id
         && let Some(logged) = tx.logged_push(user, push_id)?
     {
-        if logged.body_hash != req.body_hash {
+        if !req.same_request_as(&logged.body_hash, cx.entities) {
             return Ok(Applied::PushIdReused);
         }
         return Ok(Applied::Replay(replay::unpack(tx, user, logged.stored)?));
