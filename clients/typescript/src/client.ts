@@ -67,6 +67,9 @@ export interface ClientEvents {
 
 type Listener<K extends keyof ClientEvents> = (value: ClientEvents[K]) => void;
 
+/** One answer of `GET /api/sync/pull`. */
+type PullPage = { changes: Record<string, ServerRecord[]>; cursor: string; hasMore: boolean };
+
 /** Kept at most, oldest dropped: rejected records awaiting the app (`client.rejected()`). */
 const MAX_REJECTED = 1000;
 /** Pages one pull may take before it stops (a bound on the loop, far above any real data set). */
@@ -454,27 +457,41 @@ export class AccordClient {
 
   // ---- pull ----
 
-  /** Pulls pages until `hasMore` is false; on 410 discards sync state and pulls from the beginning. */
+  /**
+   * Pulls pages until `hasMore` is false; on 410 discards sync state and pulls from the beginning.
+   * The next page is requested as soon as a page has arrived, while that page is written to storage
+   * (the request only needs the page's cursor), so a first sync waits for the network or for
+   * storage, not for both in turn.
+   */
   private async pullAll() {
     let resets = 0;
+    let next: Promise<PullPage> | undefined;
     for (let page = 0; page < MAX_PAGES; page++) {
-      const cursor = await this.storage.getMeta<string>("cursor");
-      const query = new URLSearchParams({ limit: String(this.opts.pullLimit) });
-      if (cursor) query.set("since", cursor);
-      let body: { changes: Record<string, ServerRecord[]>; cursor: string; hasMore: boolean };
+      let body: PullPage;
       try {
-        body = await this.requestRetrying("GET", `/api/sync/pull?${query}`);
+        body = await (next ?? this.pullPage(await this.storage.getMeta<string>("cursor")));
       } catch (e) {
+        next = undefined;
         if (!(e instanceof ProblemError && e.status === 410) || resets++ > 0) throw e;
         await this.beginResync(e.problem.detail);
         continue;
       }
       const done = !body.hasMore;
+      next = done ? undefined : this.pullPage(body.cursor);
+      // If storing this page fails, the page asked for ahead is dropped, and so is its error.
+      next?.catch(() => {});
       const finishing = done && (await this.storage.getMeta<boolean>("resyncing")) === true;
       await this.applyPage(body.changes, body.cursor, finishing);
       if (done) return;
     }
     throw new Error(`pull did not finish within ${MAX_PAGES} pages`);
+  }
+
+  /** One page of changes after `cursor` (from the beginning without one). */
+  private pullPage(cursor: string | undefined): Promise<PullPage> {
+    const query = new URLSearchParams({ limit: String(this.opts.pullLimit) });
+    if (cursor) query.set("since", cursor);
+    return this.requestRetrying("GET", `/api/sync/pull?${query}`);
   }
 
   /** After a 410: forget the cursor and mark every clean record stale until the full pull confirms it. */

@@ -87,6 +87,45 @@ test("a pull pages until hasMore is false and keeps its cursor", async () => {
   assert.ok(pulls.at(-1).includes(`since=${encodeURIComponent(cursor)}`), "the next sync resumes from the stored cursor");
 });
 
+test("the next page is requested while a page is being stored, and nothing is lost when storing fails", async () => {
+  const key = newUser();
+  const a = client(key);
+  for (let i = 0; i < 9; i++) await a.put("notebooks", `n${i}`, { i });
+  await a.sync();
+  let stored = 0; // pages written to storage (a write that moves the cursor)
+  let failNext = false;
+  class SlowStorage extends MemoryStorage {
+    async write(batch) {
+      await new Promise((r) => setTimeout(r, 30));
+      if (failNext) {
+        failNext = false;
+        throw new Error("disk full");
+      }
+      await super.write(batch);
+      if (batch.meta && "cursor" in batch.meta) stored++;
+    }
+  }
+  const storedAtPull = [];
+  const watching = (url, init) => {
+    if (String(url).includes("/api/sync/pull")) storedAtPull.push(stored);
+    return fetch(url, init);
+  };
+  const b = client(key, { pullLimit: 2, fetch: watching, storage: new SlowStorage() });
+  await b.sync();
+  assert.equal((await b.list("notebooks")).length, 9);
+  assert.equal(stored, 5, "9 records at 2 a page are 5 pages");
+  // Page k + 1 is asked for before page k is stored (one after another, it would be k).
+  assert.deepEqual(storedAtPull, [0, 0, 1, 2, 3], "pages stored when each page was asked for");
+
+  // A failed write ends the round; the next round resumes from the last stored cursor.
+  for (let i = 9; i < 15; i++) await a.put("notebooks", `n${i}`, { i });
+  await a.sync();
+  failNext = true;
+  await assert.rejects(b.sync(), /disk full/);
+  await b.sync();
+  assert.equal((await b.list("notebooks")).length, 15, "every record arrives after the failed round");
+});
+
 test("edits of different fields on two devices merge; both adopt the merged record", async () => {
   const key = newUser();
   const a = client(key);
