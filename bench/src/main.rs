@@ -511,15 +511,15 @@ async fn concurrent(clients: usize, seconds: u64, per_push: usize, hosts: usize,
     );
 }
 
+/// Full reads (raw, and pulls) timed per run; the fastest counts.
+const PASSES: usize = 3;
+
 /// The ceiling: raw rusqlite inserting the same rows (transactions of
 /// `batch`) and reading them back; prints and returns (insert, read) rows/s.
 /// The insert ceiling is the better of two runs: SQLite's automatic WAL
 /// checkpoints inside the timed commits, and none until the clock stops
 /// (Accord checkpoints on a thread beside its writer, so the ceiling must
 /// not pay for checkpoints that Accord does not wait for).
-/// Full reads (raw, and pulls) timed per run; the fastest counts.
-const PASSES: usize = 3;
-
 fn raw_sqlite(n: usize, batch: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let run = |path: &Path, per_tx: usize, checkpoints: bool| -> f64 {
@@ -584,16 +584,15 @@ fn raw_sqlite(n: usize, batch: usize) -> (f64, f64) {
         assert_eq!(read, n, "read back every row");
         read_secs = read_secs.min(started.elapsed().as_secs_f64());
     }
-    let read = n;
     println!(
         "raw-sqlite n={n}: insert {:.0} rows/s (transactions of {batch}), {:.0} rows/s (the same, checkpoints after \
          the clock), {:.0} rows/s (one transaction), read {:.0} rows/s (pages of 1000, best of {PASSES})",
         n as f64 / batched,
         n as f64 / deferred,
         n as f64 / single,
-        read as f64 / read_secs
+        n as f64 / read_secs
     );
-    (n as f64 / batched.min(deferred), read as f64 / read_secs)
+    (n as f64 / batched.min(deferred), n as f64 / read_secs)
 }
 
 /// Pushes `n` records, then edits every one on "device A" (based on v1), then

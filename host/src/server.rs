@@ -111,7 +111,7 @@ pub async fn serve_on(
     let jwt = JwtVerifier::from_config(&config.auth.jwt).await?.map(Arc::new);
     let auth_limit = Arc::new(FailedAuthLimit::new(config.auth.failed_per_minute));
     let limits = Arc::new(http::UserLimits::new(&config));
-    let state = AppState {
+    let state = AppState::new(http::Shared {
         config,
         store: store.clone(),
         usage,
@@ -122,7 +122,7 @@ pub async fn serve_on(
         auth_limit,
         shutdown: shutdown_rx,
         limits,
-    };
+    });
     let router = http::app(state);
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %store.describe(), "accord listening");
