@@ -118,6 +118,11 @@ pub fn per_call(calls: usize) {
     let wasm_empty = median_ns(calls, || {
         std::hint::black_box(version_wins.decide(&new_input, "{}", accord::policy::Mode::Live).ok());
     });
+    // The boundary for the merge's input: a rule that reads no record's data
+    // (version-wins: versions only) on the same three ~1 KB records.
+    let wasm_boundary = median_ns(calls, || {
+        std::hint::black_box(version_wins.decide(&merge_input, "{}", accord::policy::Mode::Live).ok());
+    });
     let native_empty = median_ns(calls, || {
         std::hint::black_box(accord_policy_version_wins::decide(std::hint::black_box(&sdk_new)));
     });
@@ -126,6 +131,7 @@ pub fn per_call(calls: usize) {
          field-merge three-way merge: wasm {wasm_merge:.0} ns, native {native_merge:.0} ns, ratio {:.2}x\n  \
          field-merge new record:      wasm {wasm_new:.0} ns, native {native_new:.0} ns\n  \
          version-wins new record (empty-call price): wasm {wasm_empty:.0} ns, native {native_empty:.0} ns\n  \
+         version-wins on the merge's three records (the boundary's price for that input): wasm {wasm_boundary:.0} ns\n  \
          load field-merge: first {:.1} ms (compile or disk cache), cached {:.2} ms",
         wasm_merge / native_merge,
         first_load.as_secs_f64() * 1000.0,
