@@ -126,6 +126,38 @@ test("the next page is requested while a page is being stored, and nothing is lo
   assert.equal((await b.list("notebooks")).length, 15, "every record arrives after the failed round");
 });
 
+test("a 410 on a page asked for ahead discards sync state and pulls from the beginning", async () => {
+  const key = newUser();
+  const a = client(key);
+  for (let i = 0; i < 5; i++) await a.put("notebooks", `n${i}`, { i });
+  await a.sync();
+  // A cursor that another database issued: this server answers it with a real 410.
+  const other = await startAccord();
+  let foreign;
+  try {
+    const o = new AccordClient({ url: other.url, token: other.key("someone-else"), live: "off" });
+    await o.put("notebooks", "x", {});
+    await o.sync();
+    foreign = await o.storage.getMeta("cursor");
+  } finally {
+    await other.stop();
+  }
+  assert.ok(foreign, "the other server issued a cursor");
+  let pulls = 0;
+  const spoiling = (url, init) => {
+    const u = new URL(String(url));
+    if (u.pathname === "/api/sync/pull" && ++pulls === 2) u.searchParams.set("since", foreign);
+    return fetch(u, init);
+  };
+  const b = client(key, { pullLimit: 2, fetch: spoiling });
+  const resyncs = [];
+  b.on("resync", (r) => resyncs.push(r));
+  await b.sync();
+  assert.equal(resyncs.length, 1, "the second page (asked for ahead) was refused once");
+  assert.deepEqual(Object.keys(byId(await b.list("notebooks"))).sort(), ["n0", "n1", "n2", "n3", "n4"]);
+  assert.equal(await b.storage.getMeta("resyncing"), undefined, "the full pull finished the resync");
+});
+
 test("edits of different fields on two devices merge; both adopt the merged record", async () => {
   const key = newUser();
   const a = client(key);
