@@ -87,16 +87,9 @@ pub fn per_call(calls: usize) {
         deleted: false,
         data: incoming.data.clone(),
     };
-    let sdk_merge = sdk::MergeInput {
-        entity_type: "pages".into(),
-        user_id: "u".into(),
-        server: Some(sdk_row(&server)),
-        base: Some(sdk_row(&base)),
-        incoming: sdk_incoming.clone(),
-        settings: "{}".into(),
-        mode: sdk::Mode::Live,
-    };
-    let sdk_new = sdk::MergeInput { server: None, base: None, ..sdk_merge.clone() };
+    let sdk_merge =
+        sdk::MergeInput::new("pages", "u", Some(sdk_row(&server)), Some(sdk_row(&base)), sdk_incoming.clone());
+    let sdk_new = sdk::MergeInput::new("pages", "u", None, None, sdk_incoming);
 
     // Sanity: both sides decide the same.
     let wasm = field_merge.decide(&merge_input, "{}", accord::policy::Mode::Live).unwrap();
@@ -175,25 +168,21 @@ pub fn languages(calls: usize, memory_mib: usize, components: &[(&str, std::path
     // a later one is accepted.
     let (older, newer) = (incoming(100), incoming(300));
     let input = |incoming| MergeInput { entity: "notes", user: "u", server: Some(&server), base: None, incoming };
-    let sdk_input = |incoming: &Incoming| sdk::MergeInput {
-        entity_type: "notes".into(),
-        user_id: "u".into(),
-        server: Some(sdk::StoredRecord {
+    let sdk_input = |incoming: &Incoming| {
+        let server = sdk::StoredRecord {
             id: server.id.clone(),
             version: server.version,
             deleted: false,
             data: server.data.clone(),
-        }),
-        base: None,
-        incoming: sdk::IncomingRecord {
+        };
+        let incoming = sdk::IncomingRecord {
             id: incoming.id.clone(),
             version: incoming.version,
             base_version: incoming.base_version,
             deleted: false,
             data: incoming.data.clone(),
-        },
-        settings: "{}".into(),
-        mode: sdk::Mode::Live,
+        };
+        sdk::MergeInput::new("notes", "u", Some(server), None, incoming)
     };
     let (sdk_older, sdk_newer) = (sdk_input(&older), sdk_input(&newer));
     assert!(matches!(custom_policy::decide(&sdk_older), sdk::Decision::Merged { .. }));

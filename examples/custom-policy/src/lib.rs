@@ -22,14 +22,14 @@ impl Default for Settings {
 
 pub fn decide(input: &MergeInput) -> Decision {
     // New records need no parsing at all.
-    let Some(server) = &input.server else { return Decision::Accept };
+    let Some(server) = input.server() else { return Decision::Accept };
     let field = match settings::<Settings>(input) {
         Ok(s) => s.field,
         // A configuration mistake is the server's, not the client's: keep the record as a conflict.
         Err(e) => return Decision::Fail(e),
     };
     let stamp = |data: &str| object(data).ok().and_then(|m| m.get(&field).and_then(serde_json::Value::as_i64));
-    let Some(mine) = stamp(&input.incoming.data) else {
+    let Some(mine) = stamp(&input.incoming().data) else {
         return Decision::Reject(format!("data.{field} must be a number (unix ms)"));
     };
     match stamp(&server.data) {

@@ -1,16 +1,30 @@
 //! The `bindgen!` sites: host bindings for `wit/merge.wit`
-//! (`accord:merge/policy@0.2.0`) and the frozen `wit/v0.1/merge.wit`
-//! (`@0.1.0`), and the conversions between them and the domain types, so sync
-//! code never sees generated types. An 0.1 component is served through 0.2:
-//! its input is the 0.2 input without `mode`, its decision becomes the 0.2
+//! (`accord:merge/policy@0.3.0`) and the frozen `wit/v0.2` and `wit/v0.1`,
+//! and the conversions between them and the domain types, so sync code never
+//! sees generated types. An 0.3 component reads its input from the host
+//! (the `input` interface, served from [`CallInput`]: a copy kept in the
+//! instance's store for the call); 0.2 and 0.1 components get theirs copied
+//! in whole. Older decisions become the 0.2
 //! decision here, in one place.
 
+use wasmtime::component::{HasSelf, Linker};
+
+use super::sandbox::Sandbox;
 use crate::model::{Decision, MergeInput, RecordRow};
+
+mod v03 {
+    wasmtime::component::bindgen!({
+        world: "policy",
+        path: "../wit",
+        // Reading the input outside a call traps.
+        imports: { default: trappable },
+    });
+}
 
 mod v02 {
     wasmtime::component::bindgen!({
         world: "policy",
-        path: "../wit",
+        path: "../wit/v0.2",
         // Inputs are lowered straight from borrowed host strings: no copies
         // of the records before they are written into guest memory.
         ownership: Borrowing { duplicate_if_necessary: true },
@@ -27,23 +41,32 @@ mod v01 {
 
 use v01::accord::merge::types as wit01;
 use v02::accord::merge::types as wit;
+use v03::accord::merge::input as input03;
+use v03::accord::merge::types as wit03;
 
 /// The world a policy implements, newest first.
 pub enum PolicyPre<T: 'static> {
+    V03(v03::PolicyPre<T>),
     V02(v02::PolicyPre<T>),
     V01(v01::PolicyPre<T>),
 }
 
-/// An instance of either world.
+/// An instance of any world.
 pub enum Instance {
+    V03(v03::Policy),
     V02(v02::Policy),
     V01(v01::Policy),
 }
 
 /// The world string policies implement (the newest), for messages.
-pub const WORLD: &str = "accord:merge/policy@0.2.0";
+pub const WORLD: &str = "accord:merge/policy@0.3.0";
 /// Every world the host loads, newest first.
-pub const WORLDS: [&str; 2] = [WORLD, "accord:merge/policy@0.1.0"];
+pub const WORLDS: [&str; 3] = [WORLD, "accord:merge/policy@0.2.0", "accord:merge/policy@0.1.0"];
+
+/// Adds what an 0.3 component imports from the host (its input).
+pub fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
+    input03::add_to_linker::<Sandbox, HasSelf<Sandbox>>(linker, |s| s)
+}
 
 /// Why the host calls: only a `Live` decision is written and answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,22 +85,27 @@ pub enum Answer {
 }
 
 impl<T: Send + 'static> PolicyPre<T> {
-    /// Checks the component against 0.2, then 0.1; the error names both.
+    /// Checks the component against 0.3, 0.2, then 0.1; the error names each.
     pub fn new(pre: wasmtime::component::InstancePre<T>) -> Result<Self, wasmtime::Error> {
-        let newest = match v02::PolicyPre::new(pre.clone()) {
+        let newest = match v03::PolicyPre::new(pre.clone()) {
+            Ok(p) => return Ok(PolicyPre::V03(p)),
+            Err(e) => e,
+        };
+        let second = match v02::PolicyPre::new(pre.clone()) {
             Ok(p) => return Ok(PolicyPre::V02(p)),
             Err(e) => e,
         };
-        v01::PolicyPre::new(pre).map(PolicyPre::V01).map_err(|older| {
+        v01::PolicyPre::new(pre).map(PolicyPre::V01).map_err(|oldest| {
             wasmtime::Error::msg(format!(
-                "it implements neither {} ({newest:#}) nor {} ({older:#})",
-                WORLDS[0], WORLDS[1]
+                "it implements none of {} ({newest:#}), {} ({second:#}) or {} ({oldest:#})",
+                WORLDS[0], WORLDS[1], WORLDS[2]
             ))
         })
     }
 
     pub fn instantiate(&self, store: &mut wasmtime::Store<T>) -> Result<Instance, wasmtime::Error> {
         Ok(match self {
+            PolicyPre::V03(p) => Instance::V03(p.instantiate(store)?),
             PolicyPre::V02(p) => Instance::V02(p.instantiate(store)?),
             PolicyPre::V01(p) => Instance::V01(p.instantiate(store)?),
         })
@@ -86,25 +114,154 @@ impl<T: Send + 'static> PolicyPre<T> {
     /// The world this component implements.
     pub fn world(&self) -> &'static str {
         match self {
-            PolicyPre::V02(_) => WORLDS[0],
-            PolicyPre::V01(_) => WORLDS[1],
+            PolicyPre::V03(_) => WORLDS[0],
+            PolicyPre::V02(_) => WORLDS[1],
+            PolicyPre::V01(_) => WORLDS[2],
         }
     }
 }
 
 impl Instance {
-    pub fn call_decide<T: Send>(
+    pub fn call_decide(
         &self,
-        store: &mut wasmtime::Store<T>,
+        store: &mut wasmtime::Store<Sandbox>,
         input: &MergeInput<'_>,
         settings: &str,
         mode: Mode,
     ) -> Result<Answer, wasmtime::Error> {
         let decision = match self {
+            Instance::V03(p) => {
+                store.data_mut().input.fill(input, settings, mode);
+                let decision = p.call_decide(&mut *store);
+                store.data_mut().input.mode = None;
+                upgrade03(decision?)
+            }
             Instance::V02(p) => p.call_decide(store, to_wit(input, settings, mode))?,
             Instance::V01(p) => upgrade(p.call_decide(store, to_wit01(input, settings))?),
         };
         Ok(from_wit(decision))
+    }
+}
+
+/// One call's input as an 0.3 component reads it: a copy in the instance's
+/// store (whose data must be `'static`), refilled in place for each call so
+/// its buffers are reused.
+#[derive(Default)]
+pub struct CallInput {
+    entity: String,
+    user: String,
+    server: Option<RecordCopy>,
+    base: Option<RecordCopy>,
+    incoming: RecordCopy,
+    incoming_base_version: i64,
+    settings: String,
+    /// `None` between calls.
+    mode: Option<Mode>,
+}
+
+#[derive(Default)]
+struct RecordCopy {
+    id: String,
+    version: i64,
+    deleted: bool,
+    data: String,
+}
+
+impl RecordCopy {
+    fn fill(&mut self, id: &str, version: i64, deleted: bool, data: &str) {
+        copy(&mut self.id, id);
+        copy(&mut self.data, data);
+        (self.version, self.deleted) = (version, deleted);
+    }
+
+    fn stored(&self) -> wit03::StoredRecord {
+        wit03::StoredRecord {
+            id: self.id.clone(),
+            version: self.version,
+            deleted: self.deleted,
+            data: self.data.clone(),
+        }
+    }
+}
+
+fn copy(buf: &mut String, text: &str) {
+    buf.clear();
+    buf.push_str(text);
+}
+
+/// `slot` holds a copy of `row` (keeping its buffers when it held one already).
+fn fill_row(slot: &mut Option<RecordCopy>, row: Option<&RecordRow>) {
+    match row {
+        None => *slot = None,
+        Some(r) => slot.get_or_insert_with(RecordCopy::default).fill(&r.id, r.version, r.deleted, &r.data),
+    }
+}
+
+impl CallInput {
+    fn fill(&mut self, input: &MergeInput<'_>, settings: &str, mode: Mode) {
+        copy(&mut self.entity, input.entity);
+        copy(&mut self.user, input.user);
+        fill_row(&mut self.server, input.server);
+        fill_row(&mut self.base, input.base);
+        let i = input.incoming;
+        self.incoming.fill(&i.id, i.version, i.deleted, &i.data);
+        self.incoming_base_version = i.base_version;
+        copy(&mut self.settings, settings);
+        self.mode = Some(mode);
+    }
+}
+
+impl wit03::Host for Sandbox {}
+
+impl Sandbox {
+    /// The input of the call in progress; outside a call, a trap.
+    fn call_input(&self) -> wasmtime::Result<&CallInput> {
+        match self.input.mode {
+            Some(_) => Ok(&self.input),
+            None => Err(wasmtime::Error::msg("the policy read its input outside `decide`")),
+        }
+    }
+}
+
+impl input03::Host for Sandbox {
+    fn entity_type(&mut self) -> wasmtime::Result<String> {
+        Ok(self.call_input()?.entity.clone())
+    }
+
+    fn user_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.call_input()?.user.clone())
+    }
+
+    fn server(&mut self) -> wasmtime::Result<Option<wit03::StoredRecord>> {
+        Ok(self.call_input()?.server.as_ref().map(RecordCopy::stored))
+    }
+
+    fn base(&mut self) -> wasmtime::Result<Option<wit03::StoredRecord>> {
+        Ok(self.call_input()?.base.as_ref().map(RecordCopy::stored))
+    }
+
+    fn incoming(&mut self) -> wasmtime::Result<wit03::IncomingRecord> {
+        let input = self.call_input()?;
+        let i = &input.incoming;
+        Ok(wit03::IncomingRecord {
+            id: i.id.clone(),
+            version: i.version,
+            base_version: input.incoming_base_version,
+            deleted: i.deleted,
+            data: i.data.clone(),
+        })
+    }
+
+    fn settings(&mut self) -> wasmtime::Result<String> {
+        Ok(self.call_input()?.settings.clone())
+    }
+
+    fn call_mode(&mut self) -> wasmtime::Result<wit03::Mode> {
+        Ok(match self.call_input()?.mode {
+            Some(Mode::Replay) => wit03::Mode::Replay,
+            Some(Mode::Shadow) => wit03::Mode::Shadow,
+            _ => wit03::Mode::Live,
+        })
     }
 }
 
@@ -157,6 +314,17 @@ fn to_wit01<'a>(input: &MergeInput<'a>, settings: &'a str) -> wit01::MergeInput<
     }
 }
 
+/// An 0.3 decision as the 0.2 one (they are the same variant).
+fn upgrade03(decision: wit03::Decision) -> wit::Decision {
+    match decision {
+        wit03::Decision::Accept => wit::Decision::Accept,
+        wit03::Decision::Merged(m) => wit::Decision::Merged(wit::MergedRecord { deleted: m.deleted, data: m.data }),
+        wit03::Decision::Conflict(reason) => wit::Decision::Conflict(reason),
+        wit03::Decision::Reject(reason) => wit::Decision::Reject(reason),
+        wit03::Decision::Fail(reason) => wit::Decision::Fail(reason),
+    }
+}
+
 /// An 0.1 decision as the 0.2 one (0.1 has no `fail`).
 fn upgrade(decision: wit01::Decision) -> wit::Decision {
     match decision {
@@ -175,4 +343,32 @@ fn from_wit(decision: wit::Decision) -> Answer {
         wit::Decision::Reject(reason) => Decision::Reject(reason),
         wit::Decision::Fail(reason) => return Answer::Fail(reason),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_0_3_component_reads_its_input_only_during_a_call() {
+        let mut sandbox = Sandbox::new(1 << 20);
+        let err = input03::Host::server(&mut sandbox).expect_err("no call in progress");
+        assert!(err.to_string().contains("outside `decide`"), "{err}");
+        let incoming = crate::model::Incoming {
+            id: "r1".into(),
+            version: 2,
+            base_version: 1,
+            deleted: false,
+            data: "{}".into(),
+            refs: vec![],
+            blobs: vec![],
+        };
+        let input = MergeInput { entity: "pages", user: "u", server: None, base: None, incoming: &incoming };
+        sandbox.input.fill(&input, "{\"a\":1}", Mode::Shadow);
+        assert_eq!(input03::Host::settings(&mut sandbox).ok().as_deref(), Some("{\"a\":1}"));
+        assert!(matches!(input03::Host::call_mode(&mut sandbox), Ok(wit03::Mode::Shadow)));
+        assert!(matches!(input03::Host::server(&mut sandbox), Ok(None)));
+        let got = input03::Host::incoming(&mut sandbox).ok().map(|i| (i.id, i.version, i.base_version));
+        assert_eq!(got, Some(("r1".to_string(), 2, 1)));
+    }
 }

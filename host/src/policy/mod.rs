@@ -183,6 +183,7 @@ impl Runtime {
             .map_err(|e| PolicyError::Runtime(format!("cannot create {}: {e}", cache_dir.display())))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
+        bindings::add_to_linker(&mut linker).map_err(err)?;
         let ticker = Arc::new(Ticker::default());
         let (weak, t) = (engine.weak(), ticker.clone());
         std::thread::Builder::new()

@@ -15,6 +15,8 @@ pub struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: Limits,
+    /// The input of the call in flight, for an 0.3 component to read.
+    pub input: super::bindings::CallInput,
 }
 
 /// What one instance may hold. `memory_bytes` bounds all its linear memories
@@ -85,7 +87,12 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Sandbox { wasi, table: ResourceTable::new(), limits: Limits { memory_bytes, memory_used: 0 } }
+        Sandbox {
+            wasi,
+            table: ResourceTable::new(),
+            limits: Limits { memory_bytes, memory_used: 0 },
+            input: Default::default(),
+        }
     }
 }
 

@@ -197,7 +197,7 @@ async fn broken_components_stop_startup_naming_the_entity_and_file() {
     std::fs::copy(component("fixture-wrong-world"), policies.join("other.wasm")).unwrap();
     std::fs::write(policies.join("garbage.wasm"), b"\0asm not really").unwrap();
     for (name, needle) in [
-        ("other", "implements neither accord:merge/policy@0.2.0"),
+        ("other", "implements none of accord:merge/policy@0.3.0"),
         ("garbage", "not a valid"),
         ("absent", "no policy named"),
     ] {
@@ -595,7 +595,7 @@ async fn a_shadow_policy_is_counted_beside_the_live_one_and_never_changes_the_an
 }
 
 #[tokio::test]
-async fn components_of_the_frozen_0_1_contract_keep_loading_and_0_2_adds_mode_and_fail() {
+async fn frozen_contracts_keep_loading_0_2_adds_mode_and_fail_0_3_reads_input_on_demand() {
     let server = TestServer::start_with(|c| {
         let dir = c.database.path.parent().unwrap().join("policies");
         std::fs::create_dir_all(&dir).unwrap();
@@ -610,6 +610,7 @@ async fn components_of_the_frozen_0_1_contract_keep_loading_and_0_2_adds_mode_an
             ("echoes".to_string(), entity("hostile", json!({"mode": "echo-mode"}))),
             ("watched".to_string(), watched),
             ("fails".to_string(), entity("hostile", json!({"mode": "fail"}))),
+            ("inputs".to_string(), entity("hostile", json!({"mode": "echo-input"}))),
         ]);
     })
     .await;
@@ -625,9 +626,17 @@ async fn components_of_the_frozen_0_1_contract_keep_loading_and_0_2_adds_mode_an
     let out = cli(&["policy", "check", component("fixture-v01").to_str().unwrap()], &[], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("implements accord:merge/policy@0.1.0"), "{out:?}");
     let out = cli(&["policy", "check", component("field-merge").to_str().unwrap()], &[], None);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("implements accord:merge/policy@0.2.0"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("implements accord:merge/policy@0.3.0"), "{out:?}");
+    // (0.2 components — the TypeScript and Python examples — load in policy_languages.rs.)
 
-    // 0.2: the policy knows why it is called — live, as a shadow, in a replay.
+    // 0.3: the policy reads each part of its input from the host, as it asks.
+    let r = push_one(&server, &key, "inputs", rec("i", 1, 0, json!({"hostile": true}))).await;
+    assert_eq!(r["reason"], "inputs alice server=None base=None incoming=1/0", "{r}");
+    assert_eq!(push_one(&server, &key, "inputs", rec("i", 1, 0, json!({"t": 1}))).await["status"], "applied");
+    let r = push_one(&server, &key, "inputs", rec("i", 2, 1, json!({"hostile": true}))).await;
+    assert_eq!(r["reason"], "inputs alice server=Some(1) base=Some(1) incoming=2/1", "{r}");
+
+    // 0.2 and later: the policy knows why it is called — live, as a shadow, in a replay.
     let r = push_one(&server, &key, "echoes", rec("e", 1, 0, json!({"hostile": true}))).await;
     assert_eq!((r["status"].as_str(), r["reason"].as_str()), (Some("conflict"), Some("called Live")), "{r}");
     push_one(&server, &key, "watched", rec("w", 1, 0, json!({"hostile": true}))).await;

@@ -4,9 +4,11 @@
 use accord_policy_sdk::{Decision, MergeInput, same_json};
 
 pub fn decide(input: &MergeInput) -> Decision {
-    match &input.server {
+    match input.server() {
         None => Decision::Accept,
-        Some(server) if server.deleted == input.incoming.deleted && same_json(&server.data, &input.incoming.data) => {
+        Some(server)
+            if server.deleted == input.incoming().deleted && same_json(&server.data, &input.incoming().data) =>
+        {
             Decision::Accept
         }
         Some(_) => Decision::Conflict("append-only: this record is immutable once written".into()),

@@ -4,12 +4,13 @@
 use accord_policy_sdk::{Decision, MergeInput};
 
 pub fn decide(input: &MergeInput) -> Decision {
-    match &input.server {
+    match input.server() {
         None => Decision::Accept,
-        Some(server) if input.incoming.base_version == server.version => Decision::Accept,
+        Some(server) if input.incoming().base_version == server.version => Decision::Accept,
         Some(server) => Decision::Conflict(format!(
             "the change was based on version {}, but the server is at version {}",
-            input.incoming.base_version, server.version
+            input.incoming().base_version,
+            server.version
         )),
     }
 }

@@ -22,7 +22,7 @@ pub fn decide(input: &MergeInput) -> Decision {
         // A configuration mistake must not make the client drop its record: keep it as a conflict.
         Err(e) => return Decision::Fail(e),
     };
-    merge_data("field-merge", base, server, &input.incoming, &rules.rules())
+    merge_data("field-merge", base, server, input.incoming(), &rules.rules())
 }
 
 accord_policy_sdk::policy!(decide);
@@ -80,16 +80,16 @@ mod tests {
         // later_wins + by, and ignore.
         let server = Some(stored(2, r#"{"a":1,"t":"server","at":5}"#));
         let mut later = input(server.clone(), base.clone(), incoming(2, 1, r#"{"a":1,"t":"mine","at":9}"#));
-        later.settings = r#"{"later_wins":["t"],"ignore":["at"],"by":"at"}"#.into();
+        later.set_settings(r#"{"later_wins":["t"],"ignore":["at"],"by":"at"}"#);
         assert_eq!(decide(&later), Decision::Accept);
         let mut earlier = input(server.clone(), base.clone(), incoming(2, 1, r#"{"a":2,"t":"mine","at":3}"#));
-        earlier.settings = r#"{"later_wins":["t"],"ignore":["at"],"by":"at"}"#.into();
+        earlier.set_settings(r#"{"later_wins":["t"],"ignore":["at"],"by":"at"}"#);
         let Decision::Merged { data, deleted: false } = decide(&earlier) else { panic!("expected merged") };
         let v: serde_json::Value = serde_json::from_str(&data).expect("json");
         assert_eq!(v, serde_json::json!({"a": 2, "t": "server", "at": 3}));
         // Settings that do not parse keep the record as a conflict; data that is no object is rejected.
         let mut bad = input(server.clone(), base.clone(), incoming(2, 1, r#"{"a":3}"#));
-        bad.settings = r#"{"ignore":"a"}"#.into();
+        bad.set_settings(r#"{"ignore":"a"}"#);
         assert!(matches!(decide(&bad), Decision::Fail(r) if r.starts_with("invalid policy_settings")));
         assert_eq!(
             decide(&input(server, base, incoming(2, 1, "[1]"))),

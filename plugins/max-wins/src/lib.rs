@@ -11,8 +11,8 @@ struct Settings {
 }
 
 pub fn decide(input: &MergeInput) -> Decision {
-    let Some(server) = &input.server else { return Decision::Accept };
-    if input.incoming.deleted {
+    let Some(server) = input.server() else { return Decision::Accept };
+    if input.incoming().deleted {
         return Decision::Accept;
     }
     let field = match settings::<Settings>(input) {
@@ -21,7 +21,7 @@ pub fn decide(input: &MergeInput) -> Decision {
         Err(e) => return Decision::Fail(format!("max-wins needs policy_settings.field: {e}")),
     };
     let number = |data: &str| object(data).ok().and_then(|m| m.get(&field).and_then(serde_json::Value::as_f64));
-    let Some(mine) = number(&input.incoming.data) else {
+    let Some(mine) = number(&input.incoming().data) else {
         return Decision::Reject(format!("max-wins: data.{field} must be a number"));
     };
     match number(&server.data) {
@@ -42,7 +42,7 @@ mod tests {
     fn rule() {
         let with = |i| {
             let mut i: MergeInput = i;
-            i.settings = r#"{"field":"score"}"#.into();
+            i.set_settings(r#"{"field":"score"}"#);
             i
         };
         let server = Some(stored(1, r#"{"score":10}"#));

@@ -49,13 +49,14 @@ pub enum Step<'a> {
 /// - deletes: both deleted → accept; deleted on the server and edited here →
 ///   conflict; deleted here with no server edit since the base → accept, else conflict.
 pub fn record_step(input: &MergeInput) -> Step<'_> {
-    let incoming = &input.incoming;
-    // Cheap cases first: no parsing for new records or fast-forward edits.
-    let Some(server) = &input.server else { return Step::Decided(Decision::Accept) };
+    // Cheap cases first: no parsing for new records or fast-forward edits
+    // (and for a new record nothing but "no server record" is read).
+    let Some(server) = input.server() else { return Step::Decided(Decision::Accept) };
+    let incoming = input.incoming();
     if incoming.base_version == server.version {
         return Step::Decided(Decision::Accept);
     }
-    let Some(base) = &input.base else {
+    let Some(base) = input.base() else {
         if server.deleted == incoming.deleted && same_json(&server.data, &incoming.data) {
             return Step::Decided(Decision::Accept);
         }

@@ -22,6 +22,11 @@ pub mod bindings {
     });
 }
 
+use std::cell::OnceCell;
+
+#[cfg(target_arch = "wasm32")]
+use bindings::accord::merge::input as host;
+
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -38,7 +43,7 @@ pub struct StoredRecord {
 }
 
 /// The change a client pushed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IncomingRecord {
     pub id: String,
     pub version: i64,
@@ -48,18 +53,112 @@ pub struct IncomingRecord {
     pub data: String,
 }
 
-/// Everything a policy sees for one record.
+/// Everything a policy sees for one record. In a component each part is read
+/// from the host the first time the rule asks for it (`accord:merge@0.3.0`),
+/// so a rule pays only for what it reads: a version check never copies a
+/// record's data. Natively (tests, benchmarks) every part is given up front.
 #[derive(Clone, Debug)]
 pub struct MergeInput {
-    pub entity_type: String,
-    pub user_id: String,
-    pub server: Option<StoredRecord>,
-    pub base: Option<StoredRecord>,
-    pub incoming: IncomingRecord,
+    entity_type: OnceCell<String>,
+    user_id: OnceCell<String>,
+    server: OnceCell<Option<StoredRecord>>,
+    base: OnceCell<Option<StoredRecord>>,
+    incoming: OnceCell<IncomingRecord>,
+    settings: OnceCell<String>,
+    mode: OnceCell<Mode>,
+}
+
+/// A part of the input: given, or read from the host once.
+macro_rules! part {
+    ($input:ident . $cell:ident, $read:expr) => {{
+        #[cfg(target_arch = "wasm32")]
+        let value = $input.$cell.get_or_init(|| $read);
+        #[cfg(not(target_arch = "wasm32"))]
+        let value = $input.$cell.get_or_init(Default::default);
+        value
+    }};
+}
+
+impl MergeInput {
+    /// An input with every part given; settings `{}`, mode `Live` (see the setters).
+    pub fn new(
+        entity_type: impl Into<String>,
+        user_id: impl Into<String>,
+        server: Option<StoredRecord>,
+        base: Option<StoredRecord>,
+        incoming: IncomingRecord,
+    ) -> MergeInput {
+        MergeInput {
+            entity_type: OnceCell::from(entity_type.into()),
+            user_id: OnceCell::from(user_id.into()),
+            server: OnceCell::from(server),
+            base: OnceCell::from(base),
+            incoming: OnceCell::from(incoming),
+            settings: OnceCell::from("{}".to_string()),
+            mode: OnceCell::from(Mode::Live),
+        }
+    }
+
+    /// The input of the call in progress, read from the host as the rule asks
+    /// (the `policy!` glue).
+    #[cfg(target_arch = "wasm32")]
+    #[doc(hidden)]
+    pub fn from_host() -> MergeInput {
+        MergeInput {
+            entity_type: OnceCell::new(),
+            user_id: OnceCell::new(),
+            server: OnceCell::new(),
+            base: OnceCell::new(),
+            incoming: OnceCell::new(),
+            settings: OnceCell::new(),
+            mode: OnceCell::new(),
+        }
+    }
+
+    /// The record's entity type (`pages`, `topics`, …).
+    pub fn entity_type(&self) -> &str {
+        part!(self.entity_type, host::entity_type())
+    }
+
+    /// The user whose data this is.
+    pub fn user_id(&self) -> &str {
+        part!(self.user_id, host::user_id())
+    }
+
+    /// The server's current record, if it exists (tombstones included).
+    pub fn server(&self) -> Option<&StoredRecord> {
+        part!(self.server, host::server().map(wasm::stored)).as_ref()
+    }
+
+    /// The version the client started from, if history still holds it.
+    pub fn base(&self) -> Option<&StoredRecord> {
+        part!(self.base, host::base().map(wasm::stored)).as_ref()
+    }
+
+    /// The change the client pushed.
+    pub fn incoming(&self) -> &IncomingRecord {
+        part!(self.incoming, wasm::incoming(host::incoming()))
+    }
+
     /// This entity type's `policy_settings`, as JSON object text (`{}` if none).
-    pub settings: String,
+    pub fn settings(&self) -> &str {
+        part!(self.settings, host::settings())
+    }
+
     /// Why the host calls: only a `Live` decision is written and answered.
-    pub mode: Mode,
+    pub fn mode(&self) -> Mode {
+        *part!(self.mode, wasm::mode(host::call_mode()))
+    }
+
+    /// Replaces the settings (for tests: `{}` unless set).
+    pub fn set_settings(&mut self, settings: impl Into<String>) {
+        self.settings = OnceCell::from(settings.into());
+    }
+
+    /// Replaces the mode (for tests: `Live` unless set).
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.mode = OnceCell::from(mode);
+    }
 }
 
 /// Why the host calls a policy.
@@ -102,7 +201,7 @@ pub fn object(data: &str) -> Result<Map<String, Value>, String> {
 
 /// Parses the policy's settings into `T` (use `#[serde(default)]` for optional keys).
 pub fn settings<T: DeserializeOwned>(input: &MergeInput) -> Result<T, String> {
-    serde_json::from_str(&input.settings).map_err(|e| format!("invalid policy_settings: {e}"))
+    serde_json::from_str(input.settings()).map_err(|e| format!("invalid policy_settings: {e}"))
 }
 
 /// True when the two JSON texts denote the same value (byte-equal texts skip parsing).
@@ -133,10 +232,8 @@ macro_rules! policy {
 
         #[cfg(target_arch = "wasm32")]
         impl $crate::bindings::Guest for __AccordPolicy {
-            fn decide(
-                input: $crate::bindings::accord::merge::types::MergeInput,
-            ) -> $crate::bindings::accord::merge::types::Decision {
-                $crate::wasm::into_wit($decide(&$crate::wasm::from_wit(input)))
+            fn decide() -> $crate::bindings::accord::merge::types::Decision {
+                $crate::wasm::into_wit($decide(&$crate::MergeInput::from_host()))
             }
         }
 
@@ -153,33 +250,21 @@ macro_rules! policy {
 #[doc(hidden)]
 pub mod wasm {
     use super::bindings::accord::merge::types as wit;
-    use super::{Decision, IncomingRecord, MergeInput, StoredRecord};
-    // (`super::Mode` is named in full below.)
+    use super::{Decision, IncomingRecord, Mode, StoredRecord};
 
-    fn stored(r: wit::StoredRecord) -> StoredRecord {
+    pub fn stored(r: wit::StoredRecord) -> StoredRecord {
         StoredRecord { id: r.id, version: r.version, deleted: r.deleted, data: r.data }
     }
 
-    pub fn from_wit(input: wit::MergeInput) -> MergeInput {
-        let i = input.incoming;
-        MergeInput {
-            entity_type: input.entity_type,
-            user_id: input.user_id,
-            server: input.server.map(stored),
-            base: input.base.map(stored),
-            incoming: IncomingRecord {
-                id: i.id,
-                version: i.version,
-                base_version: i.base_version,
-                deleted: i.deleted,
-                data: i.data,
-            },
-            settings: input.settings,
-            mode: match input.mode {
-                wit::Mode::Live => super::Mode::Live,
-                wit::Mode::Replay => super::Mode::Replay,
-                wit::Mode::Shadow => super::Mode::Shadow,
-            },
+    pub fn incoming(i: wit::IncomingRecord) -> IncomingRecord {
+        IncomingRecord { id: i.id, version: i.version, base_version: i.base_version, deleted: i.deleted, data: i.data }
+    }
+
+    pub fn mode(mode: wit::Mode) -> Mode {
+        match mode {
+            wit::Mode::Live => Mode::Live,
+            wit::Mode::Replay => Mode::Replay,
+            wit::Mode::Shadow => Mode::Shadow,
         }
     }
 
@@ -211,14 +296,6 @@ pub mod testing {
     }
 
     pub fn input(server: Option<StoredRecord>, base: Option<StoredRecord>, incoming: IncomingRecord) -> MergeInput {
-        MergeInput {
-            entity_type: "things".into(),
-            user_id: "u1".into(),
-            server,
-            base,
-            incoming,
-            settings: "{}".into(),
-            mode: super::Mode::Live,
-        }
+        MergeInput::new("things", "u1", server, base, incoming)
     }
 }

@@ -49,7 +49,7 @@ pub fn decide(input: &MergeInput) -> Decision {
     };
     let mut rules = config.rules.rules();
     rules.settle = Some(&settle);
-    merge_data("text-merge", base, server, &input.incoming, &rules)
+    merge_data("text-merge", base, server, input.incoming(), &rules)
 }
 
 accord_policy_sdk::policy!(decide);

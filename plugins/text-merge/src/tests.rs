@@ -28,7 +28,7 @@ fn change(body: &str) -> IncomingRecord {
 /// Base `NOTE` at version 1, the server's edit at version 2, and the incoming edit made on version 1.
 fn decide_bodies(server: &str, mine: &str) -> Decision {
     let mut i = input(Some(record(2, server)), Some(record(1, NOTE)), change(mine));
-    i.settings = r#"{"fields":["body"]}"#.into();
+    i.set_settings(r#"{"fields":["body"]}"#);
     decide(&i)
 }
 
@@ -164,7 +164,7 @@ fn crlf_line_endings_are_kept() {
 
 fn decide_bodies_from(base: &str, server: &str, mine: &str) -> Decision {
     let mut i = input(Some(record(2, server)), Some(record(1, base)), change(mine));
-    i.settings = r#"{"fields":["body"]}"#.into();
+    i.set_settings(r#"{"fields":["body"]}"#);
     decide(&i)
 }
 
@@ -195,7 +195,7 @@ fn without_a_base_it_decides_as_field_merge() {
     let settings = r#"{"fields":["body"]}"#;
     let with = |server: &str, mine: &str| {
         let mut i = input(Some(record(3, server)), None, change(mine));
-        i.settings = settings.into();
+        i.set_settings(settings);
         i
     };
     let mine = NOTE.replace("tram 28", "tram 15");
@@ -203,7 +203,7 @@ fn without_a_base_it_decides_as_field_merge() {
     assert!(matches!(&d, Decision::Conflict(r) if r.contains("no longer known")), "{d:?}");
     assert_eq!(decide(&with(NOTE, NOTE)), Decision::Accept);
     let mut new = input(None, None, change(NOTE));
-    new.settings = settings.into();
+    new.set_settings(settings);
     assert_eq!(decide(&new), Decision::Accept);
 }
 
@@ -216,7 +216,7 @@ fn values_that_are_not_strings_follow_field_merge() {
             Some(stored(1, &json!({ "body": base }).to_string())),
             incoming(2, 1, &json!({ "body": mine }).to_string()),
         );
-        i.settings = settings.into();
+        i.set_settings(settings);
         decide(&i)
     };
     // Both changed, not all strings: a conflict, as field-merge says.
@@ -234,7 +234,7 @@ fn values_that_are_not_strings_follow_field_merge() {
         Some(stored(1, r#"{"title":"t","body":"a\n"}"#)),
         incoming(2, 1, r#"{"title":"t","body":"a\nb\n"}"#),
     );
-    i.settings = settings.into();
+    i.set_settings(settings);
     assert!(is_conflict(&decide(&i)));
 }
 
@@ -268,7 +268,7 @@ fn other_fields_are_decided_exactly_as_field_merge_decides() {
                         let mut change = incoming(2, 1, mine);
                         change.deleted = deleted;
                         let mut i = input(server.clone(), base.clone(), change);
-                        i.settings = s.into();
+                        i.set_settings(s);
                         let expected = accord_policy_field_merge::decide(&i);
                         let expected = match expected {
                             Decision::Reject(r) => Decision::Reject(r.replace("field-merge", "text-merge")),
@@ -288,7 +288,7 @@ fn settings_name_the_text_fields_and_settle_overlaps_as_field_merge_would() {
     let mine = NOTE.replace("May 3rd", "May 5th");
     let with = |settings: &str| {
         let mut i = input(Some(record(2, &server)), Some(record(1, NOTE)), change(&mine));
-        i.settings = settings.into();
+        i.set_settings(settings);
         decide(&i)
     };
     // Without `fields` (or with a wrong type) the record is kept as a conflict naming the mistake.

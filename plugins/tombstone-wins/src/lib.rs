@@ -6,8 +6,8 @@
 use accord_policy_sdk::{Decision, MergeInput};
 
 pub fn decide(input: &MergeInput) -> Decision {
-    let incoming = &input.incoming;
-    match &input.server {
+    let incoming = input.incoming();
+    match input.server() {
         None => Decision::Accept,
         Some(_) if incoming.deleted => Decision::Accept,
         Some(server) if incoming.base_version == server.version => Decision::Accept,

@@ -5,12 +5,13 @@
 use accord_policy_sdk::{Decision, MergeInput};
 
 pub fn decide(input: &MergeInput) -> Decision {
-    match &input.server {
+    match input.server() {
         None => Decision::Accept,
-        Some(server) if input.incoming.version > server.version => Decision::Accept,
+        Some(server) if input.incoming().version > server.version => Decision::Accept,
         Some(server) => Decision::Conflict(format!(
             "version {} is not newer than the server's version {}",
-            input.incoming.version, server.version
+            input.incoming().version,
+            server.version
         )),
     }
 }
