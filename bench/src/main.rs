@@ -44,6 +44,7 @@ static EXTERNAL: std::sync::OnceLock<Option<(String, String)>> = std::sync::Once
 #[derive(Subcommand)]
 enum Command {
     /// First sync: push N records of ~1 KB in pushes of `batch`, then pull them in pages of `page`.
+    /// The records are the notes app's eight types with references (parents first), unless `--pages-only`.
     FirstSync {
         #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
         records: Vec<usize>,
@@ -51,6 +52,10 @@ enum Command {
         batch: usize,
         #[arg(long, default_value_t = 1000)]
         page: usize,
+        /// Only `pages` records (the figures before 2026-11-29 afternoon), not
+        /// the notes app's eight types with references.
+        #[arg(long)]
+        pages_only: bool,
     },
     /// Concurrent clients each pushing small batches of new records; a list
     /// (`--clients 1,4,16,64`) runs each count on a fresh server, in turn.
@@ -141,9 +146,9 @@ fn main() {
     rt.block_on(async {
         match cli.command {
             Command::Server { db } => run_server(db).await,
-            Command::FirstSync { records, batch, page } => {
+            Command::FirstSync { records, batch, page, pages_only } => {
                 for n in records {
-                    first_sync(n, batch, page).await;
+                    first_sync(n, batch, page, pages_only).await;
                 }
             }
             Command::Concurrent { clients, seconds, records_per_push, hosts, distinct_users } => {
@@ -152,7 +157,7 @@ fn main() {
                 }
             }
             Command::RawSqlite { records, batch } => {
-                raw_sqlite(records, batch);
+                raw_sqlite(&mix(records), batch);
             }
             Command::Policy { calls } => policy::per_call(calls),
             Command::PolicyLanguages { calls, memory_mib, rust, ts, py } => {
@@ -180,8 +185,8 @@ fn main() {
                 }
             }
             Command::All => {
-                first_sync(10_000, 500, 1000).await;
-                first_sync(100_000, 500, 1000).await;
+                first_sync(10_000, 500, 1000, false).await;
+                first_sync(100_000, 500, 1000, false).await;
                 concurrent(16, 10, 10, 1, false).await;
                 policy::per_call(20_000);
                 updates(20_000, 500).await;
@@ -378,14 +383,59 @@ pub(crate) fn record(id: &str, n: usize) -> serde_json::Value {
     })
 }
 
-fn push_bodies(prefix: &str, n: usize, batch: usize) -> Vec<String> {
-    (0..n)
-        .collect::<Vec<_>>()
-        .chunks(batch)
+/// The notes app's eight types (the default `[entities]`), in dependency order,
+/// with each type's share of a first sync and its references: (type, share in
+/// thousandths, reference fields as (field, parent type)).
+const NOTES_MIX: [(&str, usize, &[(&str, &str)]); 8] = [
+    ("contexts", 10, &[]),
+    ("notebooks", 20, &[]),
+    ("pages", 200, &[]),
+    ("topics", 200, &[("contextId", "contexts")]),
+    ("ratings", 100, &[("topicId", "topics")]),
+    ("historyEntries", 300, &[("topicId", "topics")]),
+    ("imageBlobs", 20, &[]),
+    ("pageNotebooks", 150, &[("pageId", "pages"), ("notebookId", "notebooks")]),
+];
+
+/// `n` records of a first sync as (type, id, ~1 KB `data` text), parents
+/// before children: the eight types of the notes app, each reference naming
+/// a record of an earlier type. Children come in their parents' order (as a
+/// client's store lists them): topic `i` of 20,000 belongs to context
+/// `i / 20`, and so on.
+fn mix(n: usize) -> Vec<(&'static str, String, String)> {
+    let mut counts: Vec<usize> = NOTES_MIX.iter().map(|(_, share, _)| n * share / 1000).collect();
+    counts[2] += n - counts.iter().sum::<usize>();
+    let mut out = Vec::with_capacity(n);
+    for (t, (ty, _, refs)) in NOTES_MIX.iter().enumerate() {
+        for i in 0..counts[t] {
+            let mut data = record("x", i)["data"].clone();
+            for (field, parent) in refs.iter() {
+                let p = NOTES_MIX.iter().position(|(name, _, _)| name == parent).unwrap();
+                data[*field] = format!("{parent}-{:08}", i * counts[p] / counts[t]).into();
+            }
+            out.push((*ty, format!("{ty}-{i:08}"), data.to_string()));
+        }
+    }
+    out
+}
+
+/// Push bodies of `batch` records each: the notes mix, or `pages` only.
+fn push_bodies(prefix: &str, n: usize, batch: usize, pages_only: bool) -> Vec<String> {
+    let rows = if pages_only {
+        (0..n).map(|i| ("pages", format!("pages-{i:08}"), record("x", i)["data"].to_string())).collect()
+    } else {
+        mix(n)
+    };
+    rows.chunks(batch)
         .enumerate()
         .map(|(b, chunk)| {
-            let records: Vec<_> = chunk.iter().map(|&i| record(&format!("{prefix}-{i:08}"), i)).collect();
-            serde_json::json!({"clientId": "bench", "pushId": format!("{prefix}-push-{b}"), "changes": {"pages": records}})
+            let mut changes = serde_json::Map::new();
+            for (ty, id, data) in chunk {
+                let data: serde_json::Value = serde_json::from_str(data).unwrap();
+                let list = changes.entry(*ty).or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                list.as_array_mut().unwrap().push(serde_json::json!({"id": id, "version": 1, "data": data}));
+            }
+            serde_json::json!({"clientId": "bench", "pushId": format!("{prefix}-push-{b}"), "changes": changes})
                 .to_string()
         })
         .collect()
@@ -414,10 +464,10 @@ struct PullPage<'a> {
     has_more: bool,
 }
 
-async fn first_sync(n: usize, batch: usize, page: usize) {
+async fn first_sync(n: usize, batch: usize, page: usize, pages_only: bool) {
     let server = Server::start().await;
     let client = reqwest::Client::new();
-    let bodies = push_bodies("fs", n, batch);
+    let bodies = push_bodies("fs", n, batch, pages_only);
     let bytes: usize = bodies.iter().map(String::len).sum();
 
     let started = Instant::now();
@@ -446,16 +496,22 @@ async fn first_sync(n: usize, batch: usize, page: usize) {
         assert_eq!(pulled, n, "pulled back every record");
     }
     // Its own ceiling, measured in the same run: only ratios compare across runs.
-    let (raw_insert, raw_read) = raw_sqlite(n, batch);
+    let rows = if pages_only {
+        (0..n).map(|i| ("pages", format!("pages-{i:08}"), record("x", i)["data"].to_string())).collect()
+    } else {
+        mix(n)
+    };
+    let (raw_insert, raw_read) = raw_sqlite(&rows, batch);
     println!(
         "first-sync ratio n={n}: push {:.0} % of raw insert, pull {:.0} % of raw read",
         100.0 * n as f64 / push_secs / raw_insert,
         100.0 * n as f64 / pull_secs / raw_read
     );
     println!(
-        "first-sync {} n={n} batch={batch} page={page} body={:.1} MB: push {:.0} records/s ({push_secs:.2} s), \
+        "first-sync {} {} n={n} batch={batch} page={page} body={:.1} MB: push {:.0} records/s ({push_secs:.2} s), \
          pull {:.0} records/s ({pull_secs:.2} s, best of {PASSES}), server peak RSS {:.0} MiB",
         server.backend(),
+        if pages_only { "pages" } else { "notes-mix" },
         bytes as f64 / 1e6,
         n as f64 / push_secs,
         n as f64 / pull_secs,
@@ -514,13 +570,14 @@ async fn concurrent(clients: usize, seconds: u64, per_push: usize, hosts: usize,
 /// Full reads (raw, and pulls) timed per run; the fastest counts.
 const PASSES: usize = 3;
 
-/// The ceiling: raw rusqlite inserting the same rows (transactions of
-/// `batch`) and reading them back; prints and returns (insert, read) rows/s.
-/// The insert ceiling is the better of two runs: SQLite's automatic WAL
+/// The ceiling: raw rusqlite inserting the same rows (type, id, data) in
+/// transactions of `batch`, as Accord stores them, and reading them back in
+/// pages of 1,000; prints and returns (insert, read) rows/s. The insert ceiling is the better of two runs: SQLite's automatic WAL
 /// checkpoints inside the timed commits, and none until the clock stops
 /// (Accord checkpoints on a thread beside its writer, so the ceiling must
 /// not pay for checkpoints that Accord does not wait for).
-fn raw_sqlite(n: usize, batch: usize) -> (f64, f64) {
+fn raw_sqlite(rows: &[(&str, String, String)], batch: usize) -> (f64, f64) {
+    let n = rows.len();
     let dir = tempfile::tempdir().unwrap();
     let run = |path: &Path, per_tx: usize, checkpoints: bool| -> f64 {
         let conn = rusqlite::Connection::open(path).unwrap();
@@ -537,16 +594,14 @@ fn raw_sqlite(n: usize, batch: usize) -> (f64, f64) {
              CREATE UNIQUE INDEX records_by_seq ON records (user_id, seq);",
         )
         .unwrap();
-        let rows: Vec<(String, String)> =
-            (0..n).map(|i| (format!("raw-{i:08}"), record("x", i)["data"].to_string())).collect();
         let started = Instant::now();
         for (b, chunk) in rows.chunks(per_tx).enumerate() {
             let tx = conn.unchecked_transaction().unwrap();
             {
                 let mut stmt =
-                    tx.prepare_cached("INSERT INTO records VALUES ('bench', 'pages', ?1, 1, 0, ?2, 0, ?3)").unwrap();
-                for (i, (id, data)) in chunk.iter().enumerate() {
-                    stmt.execute((id, data, (b * per_tx + i) as i64)).unwrap();
+                    tx.prepare_cached("INSERT INTO records VALUES ('bench', ?1, ?2, 1, 0, ?3, 0, ?4)").unwrap();
+                for (i, (ty, id, data)) in chunk.iter().enumerate() {
+                    stmt.execute((ty, id, data, (b * per_tx + i) as i64)).unwrap();
                 }
             }
             tx.commit().unwrap();
