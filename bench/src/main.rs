@@ -383,10 +383,13 @@ pub(crate) fn record(id: &str, n: usize) -> serde_json::Value {
     })
 }
 
+/// Reference fields of a type: (field, parent type).
+type Refs = &'static [(&'static str, &'static str)];
+
 /// The notes app's eight types (the default `[entities]`), in dependency order,
 /// with each type's share of a first sync and its references: (type, share in
 /// thousandths, reference fields as (field, parent type)).
-const NOTES_MIX: [(&str, usize, &[(&str, &str)]); 8] = [
+const NOTES_MIX: [(&str, usize, Refs); 8] = [
     ("contexts", 10, &[]),
     ("notebooks", 20, &[]),
     ("pages", 200, &[]),
