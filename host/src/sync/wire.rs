@@ -1,7 +1,7 @@
 //! Parsing and validating a push body. Every problem names the record and field;
 //! a body that fails here writes nothing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -345,7 +345,7 @@ fn parse_record(
 }
 
 /// The values of a record's reference and blob fields (see [`Incoming::refs`]).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Named {
     pub refs: Vec<Option<String>>,
     pub blobs: Vec<Option<String>>,
@@ -374,25 +374,31 @@ pub(crate) fn check_data(data: &str, ty: &super::EntityType, limits: &SyncConfig
     if ty.refs.is_empty() && ty.blobs.is_empty() { Ok(Named::default()) } else { named_values(data, ty) }
 }
 
-/// Reads the type's reference and blob fields out of `data`.
+/// Reads the type's reference and blob fields out of `data`, in one pass
+/// that skips every other field unparsed.
 fn named_values(data: &str, ty: &super::EntityType) -> Result<Named, String> {
-    let fields: BTreeMap<String, &RawValue> =
-        serde_json::from_str(data).map_err(|e| format!("field `data` is not a valid object: {e}"))?;
-    let string = |field: &str| -> Result<Option<String>, ()> {
-        fields.get(field).map_or(Ok(None), |raw| serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| ()))
+    let names: Vec<&str> =
+        ty.refs.iter().map(|r| r.field.as_str()).chain(ty.blobs.iter().map(String::as_str)).collect();
+    let mut de = serde_json::Deserializer::from_str(data);
+    let raw = Picked(&names).deserialize(&mut de).map_err(|e| format!("field `data` is not a valid object: {e}"))?;
+    let string = |raw: Option<&RawValue>| -> Result<Option<String>, ()> {
+        raw.map_or(Ok(None), |raw| serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| ()))
     };
+    let (refs_raw, blobs_raw) = raw.split_at(ty.refs.len());
     let refs = ty
         .refs
         .iter()
-        .map(|r| {
-            string(&r.field).map_err(|()| format!("reference field `data.{}` must be a string id or null", r.field))
+        .zip(refs_raw)
+        .map(|(r, raw)| {
+            string(*raw).map_err(|()| format!("reference field `data.{}` must be a string id or null", r.field))
         })
         .collect::<Result<_, _>>()?;
     let blobs = ty
         .blobs
         .iter()
-        .map(|field| {
-            match string(field) {
+        .zip(blobs_raw)
+        .map(|(field, raw)| {
+            match string(*raw) {
                 Ok(Some(hash)) if !super::blobs::is_sha256(&hash) => Err(()),
                 other => other,
             }
@@ -402,6 +408,62 @@ fn named_values(data: &str, ty: &super::EntityType) -> Result<Named, String> {
     Ok(Named { refs, blobs })
 }
 
+/// The raw values of the fields `names` of a JSON object, in that order (the
+/// last of repeated keys, as a parsed map would keep); other fields are skipped.
+struct Picked<'n>(&'n [&'n str]);
+
+impl<'de> DeserializeSeed<'de> for Picked<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Picked<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = vec![None; self.0.len()];
+        while let Some(at) = map.next_key_seed(KeyIn(self.0))? {
+            match at {
+                Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A key's position among the wanted names (escaped keys are unescaped first).
+struct KeyIn<'n>(&'n [&'n str]);
+
+impl<'de> DeserializeSeed<'de> for KeyIn<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyIn<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|name| *name == key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +471,30 @@ mod tests {
 
     /// A retry matches the fingerprint it was logged with, in either form
     /// (XXH3 now, SHA-256 from earlier releases); another body matches neither.
+    /// Reference and blob fields are read in one pass: the last of repeated
+    /// keys counts, escaped keys match, other fields are skipped, and a value
+    /// of the wrong kind is refused by name.
+    #[test]
+    fn named_fields_are_picked_out_of_data() {
+        let config = Config::default();
+        let entities = Entities::from_config(&config).expect("the default entities");
+        let ty = |name: &str| &entities.types[entities.index_of(name).expect("a default type")];
+        let check = |name: &str, data: &str| check_data(data, ty(name), &config.sync);
+        // (The type's references in its order: notebookId, pageId.)
+        let named =
+            check("pageNotebooks", r#"{"pageId":"p0","x":{"pageId":"no"},"notebook\u0049d":"n1","pageId":"p1"}"#);
+        assert_eq!(named.map(|n| n.refs), Ok(vec![Some("n1".to_string()), Some("p1".to_string())]));
+        assert_eq!(check("topics", r#"{"title":"t"}"#).map(|n| n.refs), Ok(vec![None]));
+        assert_eq!(check("topics", r#"{"contextId":null}"#).map(|n| n.refs), Ok(vec![None]));
+        let err = check("topics", r#"{"contextId":7}"#).expect_err("a number is no id");
+        assert!(err.contains("data.contextId"), "{err}");
+        let err = check("imageBlobs", r#"{"sha256":"abc"}"#).expect_err("not a SHA-256");
+        assert!(err.contains("data.sha256"), "{err}");
+        let hash = "a".repeat(64);
+        let named = check("imageBlobs", &format!(r#"{{"sha256":"{hash}","n":[1,{{"a":2}}]}}"#));
+        assert_eq!(named.map(|n| n.blobs), Ok(vec![Some(hash)]));
+    }
+
     #[test]
     fn fingerprints_match_in_both_forms() {
         let config = Config::default();
