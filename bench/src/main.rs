@@ -406,8 +406,9 @@ const NOTES_MIX: [(&str, usize, Refs); 8] = [
 /// client's store lists them): topic `i` of 20,000 belongs to context
 /// `i / 20`, and so on.
 fn mix(n: usize) -> Vec<(&'static str, String, String)> {
-    let mut counts: Vec<usize> = NOTES_MIX.iter().map(|(_, share, _)| n * share / 1000).collect();
-    counts[2] += n - counts.iter().sum::<usize>();
+    // Every type gets a record (so every reference has a parent); `pages` takes the rest.
+    let mut counts: Vec<usize> = NOTES_MIX.iter().map(|(_, share, _)| (n * share / 1000).max(1)).collect();
+    counts[2] = (counts[2] + n).saturating_sub(counts.iter().sum::<usize>()).max(1);
     let mut out = Vec::with_capacity(n);
     for (t, (ty, _, refs)) in NOTES_MIX.iter().enumerate() {
         for i in 0..counts[t] {
@@ -422,13 +423,17 @@ fn mix(n: usize) -> Vec<(&'static str, String, String)> {
     out
 }
 
-/// Push bodies of `batch` records each: the notes mix, or `pages` only.
-fn push_bodies(prefix: &str, n: usize, batch: usize, pages_only: bool) -> Vec<String> {
-    let rows = if pages_only {
+/// A first sync's records: the notes mix, or `pages` only.
+fn first_sync_rows(n: usize, pages_only: bool) -> Vec<(&'static str, String, String)> {
+    if pages_only {
         (0..n).map(|i| ("pages", format!("pages-{i:08}"), record("x", i)["data"].to_string())).collect()
     } else {
         mix(n)
-    };
+    }
+}
+
+/// Push bodies of `batch` records each.
+fn push_bodies(prefix: &str, rows: &[(&str, String, String)], batch: usize) -> Vec<String> {
     rows.chunks(batch)
         .enumerate()
         .map(|(b, chunk)| {
@@ -470,7 +475,10 @@ struct PullPage<'a> {
 async fn first_sync(n: usize, batch: usize, page: usize, pages_only: bool) {
     let server = Server::start().await;
     let client = reqwest::Client::new();
-    let bodies = push_bodies("fs", n, batch, pages_only);
+    let rows = first_sync_rows(n, pages_only);
+    // (The mix gives every type a record: a tiny `n` grows a little.)
+    let n = rows.len();
+    let bodies = push_bodies("fs", &rows, batch);
     let bytes: usize = bodies.iter().map(String::len).sum();
 
     let started = Instant::now();
@@ -499,11 +507,6 @@ async fn first_sync(n: usize, batch: usize, page: usize, pages_only: bool) {
         assert_eq!(pulled, n, "pulled back every record");
     }
     // Its own ceiling, measured in the same run: only ratios compare across runs.
-    let rows = if pages_only {
-        (0..n).map(|i| ("pages", format!("pages-{i:08}"), record("x", i)["data"].to_string())).collect()
-    } else {
-        mix(n)
-    };
     let (raw_insert, raw_read) = raw_sqlite(&rows, batch);
     println!(
         "first-sync ratio n={n}: push {:.0} % of raw insert, pull {:.0} % of raw read",

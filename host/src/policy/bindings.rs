@@ -4,8 +4,8 @@
 //! sees generated types. An 0.3 component reads its input from the host
 //! (the `input` interface, served from [`CallInput`]: a copy kept in the
 //! instance's store for the call); 0.2 and 0.1 components get theirs copied
-//! in whole. Older decisions become the 0.2
-//! decision here, in one place.
+//! in whole. 0.3 and 0.1 decisions become the 0.2 decision here, in one
+//! place.
 
 use wasmtime::component::{HasSelf, Linker};
 
@@ -133,7 +133,7 @@ impl Instance {
             Instance::V03(p) => {
                 store.data_mut().input.fill(input, settings, mode);
                 let decision = p.call_decide(&mut *store);
-                store.data_mut().input.mode = None;
+                store.data_mut().input.end();
                 upgrade03(decision?)
             }
             Instance::V02(p) => p.call_decide(store, to_wit(input, settings, mode))?,
@@ -209,6 +209,21 @@ impl CallInput {
         copy(&mut self.settings, settings);
         self.mode = Some(mode);
     }
+
+    /// After a call: reads trap again, and no record is kept until the next
+    /// call (the buffers keep their capacity).
+    fn end(&mut self) {
+        self.mode = None;
+        for text in
+            [&mut self.entity, &mut self.user, &mut self.settings, &mut self.incoming.id, &mut self.incoming.data]
+        {
+            text.clear();
+        }
+        for row in [&mut self.server, &mut self.base].into_iter().flatten() {
+            row.id.clear();
+            row.data.clear();
+        }
+    }
 }
 
 impl wit03::Host for Sandbox {}
@@ -257,10 +272,12 @@ impl input03::Host for Sandbox {
     }
 
     fn call_mode(&mut self) -> wasmtime::Result<wit03::Mode> {
-        Ok(match self.call_input()?.mode {
+        let input = self.call_input()?;
+        Ok(match input.mode {
             Some(Mode::Replay) => wit03::Mode::Replay,
             Some(Mode::Shadow) => wit03::Mode::Shadow,
-            _ => wit03::Mode::Live,
+            // `call_input` answered, so a call is in progress: `Some(Live)`.
+            Some(Mode::Live) | None => wit03::Mode::Live,
         })
     }
 }
@@ -370,5 +387,9 @@ mod tests {
         assert!(matches!(input03::Host::server(&mut sandbox), Ok(None)));
         let got = input03::Host::incoming(&mut sandbox).ok().map(|i| (i.id, i.version, i.base_version));
         assert_eq!(got, Some(("r1".to_string(), 2, 1)));
+        // After the call (as `call_decide` ends it, returned or trapped) reads trap again.
+        sandbox.input.end();
+        assert!(input03::Host::incoming(&mut sandbox).is_err(), "the input is gone after the call");
+        assert!(sandbox.input.incoming.data.is_empty(), "no record is kept between calls");
     }
 }

@@ -380,7 +380,10 @@ fn named_values(data: &str, ty: &super::EntityType) -> Result<Named, String> {
     let names: Vec<&str> =
         ty.refs.iter().map(|r| r.field.as_str()).chain(ty.blobs.iter().map(String::as_str)).collect();
     let mut de = serde_json::Deserializer::from_str(data);
-    let raw = Picked(&names).deserialize(&mut de).map_err(|e| format!("field `data` is not a valid object: {e}"))?;
+    let raw = Picked(&names)
+        .deserialize(&mut de)
+        .and_then(|raw| de.end().map(|()| raw))
+        .map_err(|e| format!("field `data` is not a valid object: {e}"))?;
     let string = |raw: Option<&RawValue>| -> Result<Option<String>, ()> {
         raw.map_or(Ok(None), |raw| serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| ()))
     };
@@ -431,7 +434,15 @@ impl<'de> Visitor<'de> for Picked<'_> {
         let mut out = vec![None; self.0.len()];
         while let Some(at) = map.next_key_seed(KeyIn(self.0))? {
             match at {
-                Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                Some(i) => {
+                    let value = Some(map.next_value::<&'de RawValue>()?);
+                    // A name listed twice (as a reference and as a blob field) gets the value twice.
+                    for (slot, name) in out.iter_mut().zip(self.0).skip(i) {
+                        if *name == self.0[i] {
+                            *slot = value;
+                        }
+                    }
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -469,8 +480,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    /// A retry matches the fingerprint it was logged with, in either form
-    /// (XXH3 now, SHA-256 from earlier releases); another body matches neither.
     /// Reference and blob fields are read in one pass: the last of repeated
     /// keys counts, escaped keys match, other fields are skipped, and a value
     /// of the wrong kind is refused by name.
@@ -495,6 +504,8 @@ mod tests {
         assert_eq!(named.map(|n| n.blobs), Ok(vec![Some(hash)]));
     }
 
+    /// A retry matches the fingerprint it was logged with, in either form
+    /// (XXH3 now, SHA-256 from earlier releases); another body matches neither.
     #[test]
     fn fingerprints_match_in_both_forms() {
         let config = Config::default();

@@ -43,7 +43,7 @@ pub struct StoredRecord {
 }
 
 /// The change a client pushed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IncomingRecord {
     pub id: String,
     pub version: i64,
@@ -55,8 +55,9 @@ pub struct IncomingRecord {
 
 /// Everything a policy sees for one record. In a component each part is read
 /// from the host the first time the rule asks for it (`accord:merge@0.3.0`),
-/// so a rule pays only for what it reads: a version check never copies a
-/// record's data. Natively (tests, benchmarks) every part is given up front.
+/// so a rule pays only for what it reads (one that accepts a new record on
+/// seeing `server()` is `None` copies no record data at all). Natively
+/// (tests, benchmarks) every part is given up front.
 #[derive(Clone, Debug)]
 pub struct MergeInput {
     entity_type: OnceCell<String>,
@@ -73,8 +74,9 @@ macro_rules! part {
     ($input:ident . $cell:ident, $read:expr) => {{
         #[cfg(target_arch = "wasm32")]
         let value = $input.$cell.get_or_init(|| $read);
+        // Natively `MergeInput::new` gives every part.
         #[cfg(not(target_arch = "wasm32"))]
-        let value = $input.$cell.get_or_init(Default::default);
+        let value = $input.$cell.get().expect("MergeInput::new gives every part");
         value
     }};
 }

@@ -6,15 +6,15 @@
 use accord_policy_sdk::{Decision, MergeInput};
 
 pub fn decide(input: &MergeInput) -> Decision {
+    let Some(server) = input.server() else { return Decision::Accept };
     let incoming = input.incoming();
-    match input.server() {
-        None => Decision::Accept,
-        Some(_) if incoming.deleted => Decision::Accept,
-        Some(server) if incoming.base_version == server.version => Decision::Accept,
-        Some(server) if server.deleted => {
+    match server {
+        _ if incoming.deleted => Decision::Accept,
+        server if incoming.base_version == server.version => Decision::Accept,
+        server if server.deleted => {
             Decision::Conflict("tombstone-wins: the record was deleted concurrently; the delete stands".into())
         }
-        Some(server) => Decision::Conflict(format!(
+        server => Decision::Conflict(format!(
             "the change was based on version {}, but the server is at version {}",
             incoming.base_version, server.version
         )),
