@@ -21,6 +21,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("accord-fixture-hostile", "fixture-hostile"),
     ("accord-fixture-wrong-world", "fixture-wrong-world"),
     ("accord-fixture-v01", "fixture-v01"),
+    ("accord-fixture-v02", "fixture-v02"),
     ("custom-policy", "custom-policy"),
 ];
 

@@ -600,17 +600,22 @@ async fn frozen_contracts_keep_loading_0_2_adds_mode_and_fail_0_3_reads_input_on
         let dir = c.database.path.parent().unwrap().join("policies");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(component("fixture-v01"), dir.join("old.wasm")).unwrap();
+        std::fs::copy(component("fixture-v02"), dir.join("two.wasm")).unwrap();
         std::fs::copy(component("fixture-hostile"), dir.join("hostile.wasm")).unwrap();
         c.policies.dir = dir;
         // field-merge ignores `mode`; its shadow, the fixture, answers with the mode it was called in.
         let mut watched = entity("field-merge", json!({"mode": "echo-mode"}));
         watched.shadow_policy = Some("hostile".into());
+        let mut watched_by_two = entity("field-merge", json!({"k": 1}));
+        watched_by_two.shadow_policy = Some("two".into());
         c.entities = BTreeMap::from([
             ("olds".to_string(), entity("old", json!({}))),
             ("echoes".to_string(), entity("hostile", json!({"mode": "echo-mode"}))),
             ("watched".to_string(), watched),
             ("fails".to_string(), entity("hostile", json!({"mode": "fail"}))),
             ("inputs".to_string(), entity("hostile", json!({"mode": "echo-input"}))),
+            ("twos".to_string(), entity("two", json!({"k": 1}))),
+            ("twoshadowed".to_string(), watched_by_two),
         ]);
     })
     .await;
@@ -627,7 +632,21 @@ async fn frozen_contracts_keep_loading_0_2_adds_mode_and_fail_0_3_reads_input_on
     assert!(String::from_utf8_lossy(&out.stdout).contains("implements accord:merge/policy@0.1.0"), "{out:?}");
     let out = cli(&["policy", "check", component("field-merge").to_str().unwrap()], &[], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("implements accord:merge/policy@0.3.0"), "{out:?}");
-    // (0.2 components — the TypeScript and Python examples — load in policy_languages.rs.)
+    // A 0.2 component (built against wit/v0.2) gets its whole input copied in, mode and all.
+    let out = cli(&["policy", "check", component("fixture-v02").to_str().unwrap()], &[], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("implements accord:merge/policy@0.2.0"), "{out:?}");
+    let r = push_one(&server, &key, "twos", rec("t", 1, 0, json!({"a": 1}))).await;
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("0.2 twos alice server=None base=None incoming=1 settings="), "{r}");
+    assert!(reason.contains("\"k\":1") && reason.ends_with("mode=Mode::Live"), "{r}");
+    let r = push_one(&server, &key, "twos", rec("t2", 1, 0, json!({"fail": true}))).await;
+    assert_eq!(r["reason"], "policy failed: the 0.2 fixture was told to fail", "{r}");
+    push_one(&server, &key, "twoshadowed", rec("s", 1, 0, json!({"a": 1}))).await;
+    let shadow: Value =
+        server.get("/api/admin/policies/twoshadowed/shadow", &admin).send().await.unwrap().json().await.unwrap();
+    let reason = shadow["sample"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.ends_with("mode=Mode::Shadow"), "{shadow}");
+    // (The TypeScript and Python examples are 0.2 components too: policy_languages.rs.)
 
     // 0.3: the policy reads each part of its input from the host, as it asks.
     let r = push_one(&server, &key, "inputs", rec("i", 1, 0, json!({"hostile": true}))).await;

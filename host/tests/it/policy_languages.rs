@@ -18,8 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::support::run_bounded;
 
 const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/custom-policy/cases.json");
-/// The examples implement the 0.2 contract (the host loads 0.1, 0.2 and 0.3):
-/// they are also this suite's 0.2 components.
+/// The examples implement the 0.2 contract (the host loads 0.1, 0.2 and 0.3).
 const WIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/v0.2/merge.wit");
 
 fn example(name: &str) -> PathBuf {
