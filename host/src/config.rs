@@ -123,7 +123,8 @@ pub struct PoliciesConfig {
     /// Where compiled components are cached; default `<database folder>/policy-cache`.
     /// Artifacts there are loaded as trusted machine code: keep it private to Accord.
     pub cache_dir: Option<PathBuf>,
-    /// CPU time one policy call may take, in milliseconds.
+    /// CPU time one policy call may take, in milliseconds (checked against
+    /// the calling thread's CPU clock once as much wall time has passed).
     pub cpu_ms: u64,
     /// Memory one policy instance may use, in MiB.
     pub memory_mib: usize,

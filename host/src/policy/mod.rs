@@ -323,6 +323,16 @@ impl Policy {
         let mut store = Store::new(&self.runtime.engine, Sandbox::new(self.runtime.limits.memory_bytes));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.runtime.limits.cpu_ms.max(1));
+        // When the ticks run out, the thread's CPU clock decides (see `CallClock`).
+        let window = Duration::from_millis(self.runtime.limits.cpu_ms).max(sandbox::MIN_WINDOW);
+        let window_ticks = u64::try_from(window.as_millis() / TICK.as_millis()).unwrap_or(u64::MAX);
+        store.epoch_deadline_callback(move |mut cx| {
+            Ok(if cx.data_mut().clock.expired(sandbox::thread_cpu(), window) {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Continue(window_ticks)
+            })
+        });
         // Instantiation runs guest code too (initializers): it needs the ticker.
         let _ticking = self.runtime.ticker.enter();
         let instance = self.pre.instantiate(&mut store).map_err(|e| PolicyFailure::Instantiate(format!("{e:#}")))?;
@@ -363,6 +373,7 @@ impl Policy {
         let limits = &self.runtime.limits;
         // The deadline is set right before each call, never once per instance.
         live.store.set_epoch_deadline(limits.cpu_ms.max(1));
+        live.store.data_mut().clock = sandbox::CallClock::default();
         let _ticking = self.runtime.ticker.enter();
         match live.instance.call_decide(&mut live.store, input, settings, mode) {
             Ok(answer) => {
