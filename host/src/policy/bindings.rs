@@ -4,7 +4,7 @@
 //! sees generated types. An 0.3 component reads its input from the host
 //! (the `input` interface, served from [`CallInput`]: a copy kept in the
 //! instance's store for the call); 0.2 and 0.1 components get theirs copied
-//! in whole. 0.3 and 0.1 decisions become the 0.2 decision here, in one
+//! in whole. 0.2 and 0.1 decisions become the 0.3 decision here, in one
 //! place.
 
 use wasmtime::component::{HasSelf, Linker};
@@ -134,10 +134,10 @@ impl Instance {
                 store.data_mut().input.fill(input, settings, mode);
                 let decision = p.call_decide(&mut *store);
                 store.data_mut().input.end();
-                upgrade03(decision?)
+                decision?
             }
-            Instance::V02(p) => p.call_decide(store, to_wit(input, settings, mode))?,
-            Instance::V01(p) => upgrade(p.call_decide(store, to_wit01(input, settings))?),
+            Instance::V02(p) => upgrade02(p.call_decide(store, to_wit(input, settings, mode))?),
+            Instance::V01(p) => upgrade01(p.call_decide(store, to_wit01(input, settings))?),
         };
         Ok(from_wit(decision))
     }
@@ -331,34 +331,34 @@ fn to_wit01<'a>(input: &MergeInput<'a>, settings: &'a str) -> wit01::MergeInput<
     }
 }
 
-/// An 0.3 decision as the 0.2 one (they are the same variant).
-fn upgrade03(decision: wit03::Decision) -> wit::Decision {
+/// An 0.2 decision as the 0.3 one (the same variant).
+fn upgrade02(decision: wit::Decision) -> wit03::Decision {
     match decision {
-        wit03::Decision::Accept => wit::Decision::Accept,
-        wit03::Decision::Merged(m) => wit::Decision::Merged(wit::MergedRecord { deleted: m.deleted, data: m.data }),
-        wit03::Decision::Conflict(reason) => wit::Decision::Conflict(reason),
-        wit03::Decision::Reject(reason) => wit::Decision::Reject(reason),
-        wit03::Decision::Fail(reason) => wit::Decision::Fail(reason),
+        wit::Decision::Accept => wit03::Decision::Accept,
+        wit::Decision::Merged(m) => wit03::Decision::Merged(wit03::MergedRecord { deleted: m.deleted, data: m.data }),
+        wit::Decision::Conflict(reason) => wit03::Decision::Conflict(reason),
+        wit::Decision::Reject(reason) => wit03::Decision::Reject(reason),
+        wit::Decision::Fail(reason) => wit03::Decision::Fail(reason),
     }
 }
 
-/// An 0.1 decision as the 0.2 one (0.1 has no `fail`).
-fn upgrade(decision: wit01::Decision) -> wit::Decision {
+/// An 0.1 decision as the 0.3 one (0.1 has no `fail`).
+fn upgrade01(decision: wit01::Decision) -> wit03::Decision {
     match decision {
-        wit01::Decision::Accept => wit::Decision::Accept,
-        wit01::Decision::Merged(m) => wit::Decision::Merged(wit::MergedRecord { deleted: m.deleted, data: m.data }),
-        wit01::Decision::Conflict(reason) => wit::Decision::Conflict(reason),
-        wit01::Decision::Reject(reason) => wit::Decision::Reject(reason),
+        wit01::Decision::Accept => wit03::Decision::Accept,
+        wit01::Decision::Merged(m) => wit03::Decision::Merged(wit03::MergedRecord { deleted: m.deleted, data: m.data }),
+        wit01::Decision::Conflict(reason) => wit03::Decision::Conflict(reason),
+        wit01::Decision::Reject(reason) => wit03::Decision::Reject(reason),
     }
 }
 
-fn from_wit(decision: wit::Decision) -> Answer {
+fn from_wit(decision: wit03::Decision) -> Answer {
     Answer::Decision(match decision {
-        wit::Decision::Accept => Decision::Accept,
-        wit::Decision::Merged(m) => Decision::Merged { data: m.data, deleted: m.deleted },
-        wit::Decision::Conflict(reason) => Decision::Conflict(reason),
-        wit::Decision::Reject(reason) => Decision::Reject(reason),
-        wit::Decision::Fail(reason) => return Answer::Fail(reason),
+        wit03::Decision::Accept => Decision::Accept,
+        wit03::Decision::Merged(m) => Decision::Merged { data: m.data, deleted: m.deleted },
+        wit03::Decision::Conflict(reason) => Decision::Conflict(reason),
+        wit03::Decision::Reject(reason) => Decision::Reject(reason),
+        wit03::Decision::Fail(reason) => return Answer::Fail(reason),
     })
 }
 
